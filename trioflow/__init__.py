@@ -1,0 +1,40 @@
+"""trioflow: event pipelines for Trio.
+
+Stages are plain functions composed with ``|``, run as tasks of one nursery, joined by bounded
+queues that carry back-pressure; every message is acknowledged to its source exactly once.
+
+Example:
+    >>> import trioflow as tf
+    >>> pipeline = tf.from_iterable(range(10)) | tf.process(double, n=4) | tf.sink(save)
+    >>> report = trio.run(pipeline.run)
+"""
+
+from ._exceptions import Fatal as Fatal
+from ._exceptions import InvalidPipeline as InvalidPipeline
+from ._exceptions import PipelineError as PipelineError
+from ._exceptions import StageTimeout as StageTimeout
+from ._exceptions import TrioflowError as TrioflowError
+from ._message import Message as Message
+from ._pipeline import Pipeline as Pipeline
+from ._pipeline import collect as collect
+from ._report import RunReport as RunReport
+from ._report import StageStats as StageStats
+from ._retry import Backoff as Backoff
+from ._retry import Retry as Retry
+from ._runner import PipelineHandle as PipelineHandle
+from ._sources import from_aiter as from_aiter
+from ._sources import from_channel as from_channel
+from ._sources import from_iterable as from_iterable
+from ._sources import merge as merge
+from ._stages import DEFAULT_BUFFER as DEFAULT_BUFFER
+from ._stages import Stage as Stage
+from ._stages import batch as batch
+from ._stages import filter as filter
+from ._stages import flat_map as flat_map
+from ._stages import process as process
+from ._stages import rate_limit as rate_limit
+from ._stages import route as route
+from ._stages import sink as sink
+from ._stages import stage as stage
+
+__version__ = "0.1.0"

@@ -1,0 +1,258 @@
+"""Settling messages: the bookkeeping that acks each source message exactly once.
+
+Every item in flight carries an *origin* next to its value (see ``_queue``). An origin is one of:
+
+* a :class:`~trioflow.Message` yielded by a source (it has its own acknowledger);
+* the raw datum itself, for plain data (its acknowledger does nothing, so nothing per item is
+  allocated for it: settling it only counts);
+* a :class:`Group`: the origins of the items of a batch;
+* a :class:`Fanout`: a ``flat_map`` parent, shared by its children, settled once all are.
+
+Stages settle origins as successful (filtered, or out of the last stage) or as failed (an
+exception, ``message.fail``). The :class:`Settler` resolves them down to source messages, runs the
+failure handler on failed ones, and hands them to the acknowledger task, which calls each source's
+``ack(successful, failed)`` in groups. Settled-but-unacked messages are bounded
+(``ack_buffer``): while the acknowledgers lag, stages block, so back-pressure reaches the source.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, final
+
+from trio.lowlevel import ParkingLot
+
+from ._message import NOOP_ACKNOWLEDGER, Message, reason_key
+
+__all__ = ["FailureHandler", "Fanout", "Group", "Settler"]
+
+FailureHandler = Callable[[list[Message[Any]]], Awaitable[None] | None]
+
+
+@final
+class Group:
+    """The origins of the items gathered in one batch."""
+
+    __slots__ = ("members",)
+
+    def __init__(self, members: list[Any]) -> None:
+        self.members = members
+
+
+@final
+class Fanout:
+    """A ``flat_map`` parent: settled when its last child is, failed if any child failed."""
+
+    __slots__ = ("origin", "reason", "remaining")
+
+    def __init__(self, origin: Any) -> None:
+        self.origin = origin
+        self.remaining = 0
+        self.reason: BaseException | str | None = None
+
+
+@final
+class Settler:
+    """Counts outcomes and feeds the failure handler and the acknowledger task.
+
+    Stage workers call :meth:`ok` and :meth:`fail` (synchronous, cheap), then ``await room()``
+    which blocks only while too many settled messages wait for their ``ack``.
+    """
+
+    def __init__(self, on_failure: FailureHandler | None, ack_buffer: int) -> None:
+        self.on_failure = on_failure
+        self.ack_buffer = ack_buffer
+        self.received = 0
+        self.acked = 0
+        self.failed = 0
+        self.filtered = 0
+        self.retried = 0
+        self.failed_by_reason: Counter[str] = Counter()
+        self._ok: list[Message[Any]] = []
+        self._failed: list[Message[Any]] = []
+        self._to_handle: list[Message[Any]] = []
+        self._ack_lot = ParkingLot()
+        self._handler_lot = ParkingLot()
+        self._room_lot = ParkingLot()
+        self._closed = False
+        self._handler_done = on_failure is None
+
+    # -- called by stage workers ---------------------------------------------------------------
+
+    def ok(self, origins: list[Any]) -> None:
+        """Settle ``origins`` as successful."""
+        raw = 0
+        ok = self._ok
+        before = len(ok)
+        for o in origins:
+            t = type(o)
+            if t is Message:
+                if o.acknowledger is NOOP_ACKNOWLEDGER:
+                    raw += 1
+                else:
+                    ok.append(o)
+            elif t is Group:
+                self.ok(o.members)
+            elif t is Fanout:
+                o.remaining -= 1
+                if o.remaining == 0:
+                    self._settle_fanout(o)
+            else:
+                raw += 1
+        self.acked += raw
+        if len(ok) != before and self._ack_lot:
+            self._ack_lot.unpark()
+
+    def fail(self, origin: Any, reason: BaseException | str) -> None:
+        """Settle ``origin`` as failed with ``reason`` (every member, for a batch)."""
+        t = type(origin)
+        if t is Group:
+            for member in origin.members:
+                self.fail(member, reason)
+            return
+        if t is Fanout:
+            if origin.reason is None:
+                origin.reason = reason
+            origin.remaining -= 1
+            if origin.remaining == 0:
+                self._settle_fanout(origin)
+            return
+        msg = (
+            origin.fail(reason) if t is Message else Message(origin, status="failed", reason=reason)
+        )
+        if self.on_failure is not None:
+            self._to_handle.append(msg)
+            if self._handler_lot:
+                self._handler_lot.unpark()
+        else:
+            self._failed_to_ack(msg)
+
+    def filtered_out(self, origins: list[Any]) -> None:
+        """Settle dropped items: successful, and counted as filtered."""
+        self.filtered += _count_sources(origins)
+        self.ok(origins)
+
+    def new_fanout(self, origin: Any) -> Fanout:
+        """A parent for the children of a ``flat_map`` call."""
+        return Fanout(origin)
+
+    def settle_fanout_if_done(self, fanout: Fanout) -> None:
+        """Settle a parent whose children are all out (or that had none)."""
+        if fanout.remaining == 0:
+            self._settle_fanout(fanout)
+
+    @property
+    def backlog(self) -> int:
+        """Settled messages not acked yet."""
+        return len(self._ok) + len(self._failed) + len(self._to_handle)
+
+    async def room(self) -> None:
+        """Block (cancellable) while the backlog is full; no checkpoint otherwise."""
+        while self.backlog >= self.ack_buffer:
+            await self._room_lot.park()
+
+    # -- internal ------------------------------------------------------------------------------
+
+    def _settle_fanout(self, fanout: Fanout) -> None:
+        if fanout.reason is None:
+            self.ok([fanout.origin])
+        else:
+            self.fail(fanout.origin, fanout.reason)
+
+    def _failed_to_ack(self, msg: Message[Any]) -> None:
+        if msg.acknowledger is NOOP_ACKNOWLEDGER:
+            self.failed += 1
+            self.failed_by_reason[reason_key(msg.reason)] += 1
+        else:
+            self._failed.append(msg)
+            if self._ack_lot:
+                self._ack_lot.unpark()
+
+    def close(self) -> None:
+        """No more settlements: the failure task and then the acker finish what is queued."""
+        self._closed = True
+        self._handler_lot.unpark_all()
+        self._ack_lot.unpark_all()
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    async def run_failure_handler(self) -> None:
+        """Feed failed messages to ``on_failure`` in groups, then to the acknowledgers."""
+        handler = self.on_failure
+        assert handler is not None
+        try:
+            while True:
+                if not self._to_handle:
+                    if self._closed:
+                        return
+                    await self._handler_lot.park()
+                    continue
+                group, self._to_handle = self._to_handle, []
+                result = handler(group)
+                if result is not None:
+                    await result
+                for msg in group:
+                    self._failed_to_ack(msg)
+                if self._room_lot:
+                    self._room_lot.unpark_all()
+        finally:
+            self._handler_done = True
+            self._ack_lot.unpark_all()
+
+    async def run_acker(self, on_ack: Callable[[Any, int, int], None] | None = None) -> None:
+        """Call each source's acknowledger in groups until everything settled is acked."""
+        while True:
+            if not self._ok and not self._failed:
+                if self._closed and self._handler_done:
+                    return
+                await self._ack_lot.park()
+                continue
+            ok, self._ok = self._ok, []
+            failed, self._failed = self._failed, []
+            for acknowledger, succ, fail in _by_acknowledger(ok, failed):
+                await acknowledger.ack(succ, fail)
+                self.acked += len(succ)
+                self.failed += len(fail)
+                for m in fail:
+                    self.failed_by_reason[reason_key(m.reason)] += 1
+                if on_ack is not None:
+                    on_ack(acknowledger, len(succ), len(fail))
+            if self._room_lot:
+                self._room_lot.unpark_all()
+
+
+def _by_acknowledger(
+    ok: list[Message[Any]], failed: list[Message[Any]]
+) -> list[tuple[Any, list[Message[Any]], list[Message[Any]]]]:
+    # keyed by identity: an acknowledger need not be hashable
+    groups: dict[int, tuple[Any, list[Message[Any]], list[Message[Any]]]] = {}
+    last: Any = None
+    bucket: list[Message[Any]] = []
+    for m in ok:
+        a = m.acknowledger
+        if a is not last:
+            entry = groups.get(id(a))
+            if entry is None:
+                entry = groups[id(a)] = (a, [], [])
+            bucket = entry[1]
+            last = a
+        bucket.append(m)
+    for m in failed:
+        a = m.acknowledger
+        entry = groups.get(id(a))
+        if entry is None:
+            entry = groups[id(a)] = (a, [], [])
+        entry[2].append(m)
+    return list(groups.values())
+
+
+def _count_sources(origins: list[Any]) -> int:
+    n = 0
+    for o in origins:
+        t = type(o)
+        if t is Group:
+            n += _count_sources(o.members)
+        elif t is not Fanout:
+            n += 1
+    return n

@@ -1,0 +1,142 @@
+"""``batch``: group items into lists by size, by time since the first item, and by key."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+
+from .._acking import Group
+from .._exceptions import Fatal
+from .._queue import ChunkQueue
+from .._stages import Batch
+from .._topology import Node
+from ._context import Emitter, StageContext
+
+__all__ = ["tasks"]
+
+
+class _Open:
+    """A partial batch: values, their origins, and when it must leave."""
+
+    __slots__ = ("deadline", "opened", "origins", "values")
+
+    def __init__(self, opened: float, timeout: float) -> None:
+        self.values: list[Any] = []
+        self.origins: list[Any] = []
+        self.opened = opened
+        self.deadline = opened + timeout
+
+
+def tasks(
+    node: Node, inq: ChunkQueue, out: Emitter, ctx: StageContext
+) -> list[Callable[[], Awaitable[None]]]:
+    """One task per batch stage."""
+    stage = node.stage
+    assert isinstance(stage, Batch)
+    out.add_producer()
+    return [partial(_run, stage, inq, out, ctx, node.buffer)]
+
+
+async def _run(
+    stage: Batch[Any], inq: ChunkQueue, out: Emitter, ctx: StageContext, take: int
+) -> None:
+    size = stage.size
+    timeout = stage.timeout if stage.timeout is not None else math.inf
+    key_fn = stage.key
+    open_: dict[Any, _Open] = {}
+    telemetry = ctx.telemetry
+    label = ctx.label
+
+    async def emit(key: Any, batch: _Open, trigger: str) -> None:
+        del open_[key]
+        if telemetry.has_batch:  # type: ignore[attr-defined]
+            telemetry.emit("batch", label, len(batch.values), trigger)
+        # a batch stage's latency: how long its items waited for the batch to leave
+        ctx.histogram.add(trio.current_time() - batch.opened, len(batch.values))
+        await out.put(batch.values, Group(batch.origins))
+
+    try:
+        while True:
+            if open_ and timeout != math.inf:
+                deadline = min(b.deadline for b in open_.values())
+                got: Any = _TIMEOUT
+                with trio.move_on_at(deadline):
+                    got = await inq.get(take)
+            else:
+                got = await inq.get(take)
+            if got is None:
+                for key in list(open_):
+                    await emit(key, open_[key], "flush")
+                return
+            now = trio.current_time()
+            if got is not _TIMEOUT:
+                values, origins = got
+                if key_fn is None:
+                    await _add_unkeyed(open_, values, origins, size, now, timeout, emit)
+                else:
+                    await _add_keyed(open_, values, origins, size, now, timeout, key_fn, emit, ctx)
+            for key in [k for k, b in open_.items() if b.deadline <= now]:
+                await emit(key, open_[key], "timeout")
+    finally:
+        out.close_producer()
+
+
+_TIMEOUT = object()
+
+
+async def _add_unkeyed(
+    open_: dict[Any, _Open],
+    values: list[Any],
+    origins: list[Any],
+    size: int,
+    now: float,
+    timeout: float,
+    emit: Callable[[Any, _Open, str], Awaitable[None]],
+) -> None:
+    i, n = 0, len(values)
+    while i < n:
+        batch = open_.get(None)
+        if batch is None:
+            batch = open_[None] = _Open(now, timeout)
+        j = min(n, i + size - len(batch.values))
+        batch.values.extend(values[i:j])
+        batch.origins.extend(origins[i:j])
+        i = j
+        if len(batch.values) >= size:
+            await emit(None, batch, "size")
+
+
+async def _add_keyed(
+    open_: dict[Any, _Open],
+    values: list[Any],
+    origins: list[Any],
+    size: int,
+    now: float,
+    timeout: float,
+    key_fn: Callable[[Any], Any],
+    emit: Callable[[Any, _Open, str], Awaitable[None]],
+    ctx: StageContext,
+) -> None:
+    failed = False
+    for value, origin in zip(values, origins, strict=True):
+        try:
+            key = key_fn(value)
+            batch = open_.get(key)
+        except Exception as exc:  # a bad key: failing key_fn or unhashable key
+            if isinstance(exc, Fatal):
+                raise
+            ctx.fail(origin, value, exc)
+            failed = True
+            continue
+        if batch is None:
+            batch = open_[key] = _Open(now, timeout)
+        batch.values.append(value)
+        batch.origins.append(origin)
+        if len(batch.values) >= size:
+            await emit(key, batch, "size")
+    if failed:
+        await ctx.settler.room()

@@ -1,0 +1,90 @@
+"""What a stage's workers share: the settler, their figures, telemetry, and the emit target."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, final
+
+from trio.lowlevel import checkpoint_if_cancelled
+
+from .._acking import Settler
+from .._exceptions import Fatal
+from .._report import Histogram
+from .._telemetry import Telemetry
+from .._validate import describe
+
+__all__ = ["Emitter", "StageContext", "Terminal", "is_fatal"]
+
+
+class Emitter(Protocol):
+    """Where a stage puts its outputs: the next stage's queue, or the end of the pipeline."""
+
+    waiting: int
+
+    def add_producer(self) -> None: ...
+    def close_producer(self) -> None: ...
+    async def put(self, value: Any, origin: Any) -> None: ...
+    async def put_many(self, values: list[Any], origins: list[Any]) -> None: ...
+    async def wait_free(self) -> int: ...
+
+
+@final
+class Terminal:
+    """The end of the pipeline (or of a sink): settle as successful, and maybe collect."""
+
+    waiting = 0
+    capacity = 1 << 30
+
+    def __init__(self, settler: Settler, collect: list[Any] | None) -> None:
+        self._settler = settler
+        self._collect = collect
+
+    def add_producer(self) -> None:
+        pass
+
+    def close_producer(self) -> None:
+        pass
+
+    async def put(self, value: Any, origin: Any) -> None:
+        await self.put_many([value], [origin])
+
+    async def put_many(self, values: list[Any], origins: list[Any]) -> None:
+        if self._collect is not None:
+            self._collect.extend(values)
+        self._settler.ok(origins)
+        await self._settler.room()
+
+    async def wait_free(self) -> int:
+        await checkpoint_if_cancelled()
+        await self._settler.room()
+        return 1024
+
+
+@final
+class StageContext:
+    """Shared by the workers of one stage."""
+
+    __slots__ = ("histogram", "label", "settler", "telemetry")
+
+    def __init__(
+        self, label: str, settler: Settler, histogram: Histogram, telemetry: Telemetry
+    ) -> None:
+        self.label = label
+        self.settler = settler
+        self.histogram = histogram
+        self.telemetry = telemetry
+
+    def fail(self, origin: Any, value: Any, reason: BaseException | str) -> None:
+        """Fail one item: note the stage and item on the exception, and settle as failed."""
+        if isinstance(reason, BaseException):
+            note = f"trioflow: in stage {self.label!r}, item {describe(value, 200)}"
+            notes = getattr(reason, "__notes__", ())
+            if note not in notes:
+                reason.add_note(note)
+        if self.telemetry.has_failure:  # type: ignore[attr-defined]
+            self.telemetry.emit("failure", self.label, value, reason)
+        self.settler.fail(origin, reason)
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Whether ``exc`` stops the pipeline instead of failing the item."""
+    return isinstance(exc, Fatal)

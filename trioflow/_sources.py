@@ -1,0 +1,324 @@
+"""Sources: where a pipeline's messages come from.
+
+A source is a :class:`Source` whose ``produce(outlet)`` pulls items and hands them to the outlet,
+which blocks while the pipeline is full: pulling follows demand, so back-pressure reaches the
+source (and, for a broker connector, the broker). On a graceful drain the source's task is
+cancelled: whatever it has handed over is processed and acked, nothing more is pulled.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterable, Callable, Iterable
+from itertools import islice
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, final
+
+import attrs
+import trio
+
+from ._message import Message
+from ._stages import Stage
+from ._validate import describe
+
+if TYPE_CHECKING:
+    from ._acking import Settler
+    from ._queue import ChunkQueue
+
+__all__ = [
+    "AsyncGenSource",
+    "FromAiter",
+    "FromChannel",
+    "FromIterable",
+    "Merge",
+    "Outlet",
+    "Source",
+    "as_source",
+    "from_aiter",
+    "from_channel",
+    "from_iterable",
+    "merge",
+]
+
+T = TypeVar("T")
+
+
+@final
+class Outlet:
+    """Where a source hands over what it pulled (one per source task).
+
+    ``send`` and ``send_many`` block (cancellable) while the pipeline's first buffer is full;
+    ``demand()`` waits until at least one item fits and says how many do, so a source can pull
+    exactly that many from its system.
+    """
+
+    __slots__ = ("_queue", "_settler")
+
+    def __init__(self, queue: ChunkQueue, settler: Settler) -> None:
+        self._queue = queue
+        self._settler = settler
+
+    async def demand(self) -> int:
+        """Wait until the pipeline can take at least one item; return how many it can take now."""
+        return await self._queue.wait_free()
+
+    async def send(self, item: Any) -> None:
+        """Hand over one item: plain data, or a :class:`~trioflow.Message` with its acknowledger."""
+        if type(item) is Message:
+            await self._queue.put(item.data, item)
+        else:
+            await self._queue.put(item, item)
+        self._settler.received += 1
+
+    async def send_many(self, items: list[Any]) -> None:
+        """Hand over several items (the list is kept: do not reuse it)."""
+        if not items:
+            return
+        if Message in set(map(type, items)):
+            values = [m.data if type(m) is Message else m for m in items]
+            origins = items
+        else:
+            values, origins = items, items.copy()
+        self._settler.received += len(items)
+        await self._queue.put_many(values, origins)
+
+
+class Source(Stage[None, T]):
+    """Base class of sources. Subclass it and implement :meth:`produce` to write a connector.
+
+    Example:
+        >>> @attrs.frozen
+        ... class Countdown(Source[int]):
+        ...     start: int
+        ...     async def produce(self, out: Outlet) -> None:
+        ...         for i in range(self.start, 0, -1):
+        ...             await out.send(i)
+    """
+
+    __slots__ = ()
+
+    async def produce(self, out: Outlet) -> None:
+        """Pull items and hand them to ``out`` until exhausted; cancelled on a drain."""
+        raise NotImplementedError
+
+    def parts(self) -> tuple[Source[Any], ...]:
+        """The sources that run as tasks (one, or the members of a merge)."""
+        return (self,)
+
+
+@final
+@attrs.frozen(repr=False)
+class FromIterable(Source[T]):
+    """Items of a sync iterable, read in chunks as demand allows; see :func:`from_iterable`."""
+
+    iterable: Iterable[T]
+    name: str | None = None
+    _options: ClassVar[frozenset[str]] = frozenset({"name"})
+
+    async def produce(self, out: Outlet) -> None:
+        it = iter(self.iterable)
+        while True:
+            room = await out.demand()
+            chunk = list(islice(it, room))
+            if not chunk:
+                return
+            await out.send_many(chunk)
+
+    @property
+    def label(self) -> str:
+        return self.name or "from_iterable"
+
+    def __repr__(self) -> str:
+        return f"from_iterable({describe(self.iterable)})"
+
+
+def from_iterable(iterable: Iterable[T], *, name: str | None = None) -> FromIterable[T]:
+    """A source over a sync iterable (which may be endless); it is iterated anew on each run.
+
+    Iterating must be cheap: it runs in the pipeline's thread, a chunk at a time, as demand allows.
+
+    Example:
+        >>> pipeline = from_iterable(range(1000)) | process(double)
+    """
+    if not isinstance(iterable, Iterable):
+        raise TypeError(f"from_iterable: {iterable!r} is not iterable")
+    return FromIterable(iterable, name)
+
+
+async def _drain_aiter(ait: AsyncIterable[Any], out: Outlet) -> None:
+    iterator = aiter(ait)
+    try:
+        async for item in iterator:
+            await out.send(item)
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            with trio.move_on_after(1.0, shield=True):
+                await aclose()
+
+
+@final
+@attrs.frozen(repr=False)
+class FromAiter(Source[T]):
+    """Items of an async iterable; see :func:`from_aiter`."""
+
+    aiterable: AsyncIterable[T]
+    name: str | None = None
+    _options: ClassVar[frozenset[str]] = frozenset({"name"})
+
+    async def produce(self, out: Outlet) -> None:
+        await _drain_aiter(self.aiterable, out)
+
+    @property
+    def label(self) -> str:
+        return self.name or "from_aiter"
+
+    def __repr__(self) -> str:
+        return f"from_aiter({describe(self.aiterable)})"
+
+
+def from_aiter(aiterable: AsyncIterable[T], *, name: str | None = None) -> FromAiter[T]:
+    """A source over an async iterable, pulled one item at a time as demand allows.
+
+    Example:
+        >>> pipeline = from_aiter(websocket_messages()) | process(handle)
+    """
+    if not isinstance(aiterable, AsyncIterable):
+        raise TypeError(f"from_aiter: {aiterable!r} is not an async iterable")
+    return FromAiter(aiterable, name)
+
+
+@final
+@attrs.frozen(repr=False)
+class AsyncGenSource(Source[T]):
+    """An async generator function, called anew on each run (``@stage`` on an async generator).
+
+    The generator runs in the source's own task, whose only other action is handing items over,
+    so its cancel scopes and nurseries nest correctly (the pattern of ``trio.as_safe_channel``,
+    with a buffered, chunked hand-over instead of an unbuffered channel).
+    """
+
+    fn: Callable[[], Any]
+    name: str | None = None
+    _options: ClassVar[frozenset[str]] = frozenset({"name"})
+
+    async def produce(self, out: Outlet) -> None:
+        await _drain_aiter(self.fn(), out)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """With only option keywords, a configured copy; otherwise call the generator function."""
+        if not args and kwargs and set(kwargs) <= self._options:
+            return self.configure(**kwargs)
+        return self.fn(*args, **kwargs)
+
+    @property
+    def label(self) -> str:
+        return self.name or describe(self.fn)
+
+    def __repr__(self) -> str:
+        return describe(self.fn)
+
+
+@final
+@attrs.frozen(repr=False)
+class FromChannel(Source[T]):
+    """Items received from a trio receive channel until it ends; see :func:`from_channel`."""
+
+    channel: trio.abc.ReceiveChannel[T]
+    name: str | None = None
+    _options: ClassVar[frozenset[str]] = frozenset({"name"})
+
+    async def produce(self, out: Outlet) -> None:
+        channel = self.channel
+        receive_nowait = getattr(channel, "receive_nowait", None)
+        while True:
+            room = await out.demand()
+            try:
+                first = await channel.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            chunk = [first]
+            if receive_nowait is not None:
+                try:
+                    while len(chunk) < room:
+                        chunk.append(receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    pass
+            await out.send_many(chunk)
+
+    @property
+    def label(self) -> str:
+        return self.name or "from_channel"
+
+    def __repr__(self) -> str:
+        return f"from_channel({describe(self.channel)})"
+
+
+def from_channel(channel: trio.abc.ReceiveChannel[T], *, name: str | None = None) -> FromChannel[T]:
+    """A source reading a trio receive channel until ``EndOfChannel``; the channel stays yours.
+
+    Example:
+        >>> send, receive = trio.open_memory_channel(100)
+        >>> pipeline = from_channel(receive) | sink(save)
+    """
+    if not isinstance(channel, trio.abc.ReceiveChannel):
+        raise TypeError(f"from_channel: {channel!r} is not a trio.abc.ReceiveChannel")
+    return FromChannel(channel, name)
+
+
+@final
+@attrs.frozen(repr=False)
+class Merge(Source[Any]):
+    """Several sources feeding one pipeline (fan-in); see :func:`merge`."""
+
+    sources: tuple[Source[Any], ...]
+    name: str | None = None
+    _options: ClassVar[frozenset[str]] = frozenset({"name"})
+
+    def parts(self) -> tuple[Source[Any], ...]:
+        return tuple(p for s in self.sources for p in s.parts())
+
+    async def produce(self, out: Outlet) -> None:  # pragma: no cover - the runner runs parts()
+        raise RuntimeError("a merge runs its members as tasks of their own")
+
+    @property
+    def label(self) -> str:
+        return self.name or "merge"
+
+    def __repr__(self) -> str:
+        return f"merge({', '.join(repr(s) for s in self.sources)})"
+
+
+def merge(*sources: Any, name: str | None = None) -> Merge:
+    """Fan-in: run several sources at once into one pipeline, interleaved as they produce.
+
+    Each argument may be anything that can stand left of ``|`` (a source, an iterable, an async
+    iterable, an async generator function).
+
+    Example:
+        >>> pipeline = merge(orders_stream, refunds_stream) | process(handle)
+    """
+    if not sources:
+        raise TypeError("merge() needs at least one source")
+    return Merge(
+        tuple(as_source(s, where=f"merge argument {i}") for i, s in enumerate(sources)), name
+    )
+
+
+def as_source(obj: Any, *, where: str = "source") -> Source[Any]:
+    """Coerce what may stand left of the first ``|`` into a source, or raise ``TypeError``."""
+    from ._pipeline import Pipeline
+
+    if isinstance(obj, Source):
+        return obj
+    if isinstance(obj, Pipeline) and len(obj.stages) == 1 and isinstance(obj.stages[0], Source):
+        return obj.stages[0]
+    if inspect.isasyncgenfunction(obj):
+        return AsyncGenSource(obj)
+    if isinstance(obj, AsyncIterable):
+        return FromAiter(obj)
+    if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes, bytearray)):
+        return FromIterable(obj)
+    raise TypeError(
+        f"{where}: {describe(obj)} cannot be a source; use a source stage, an iterable, an async "
+        "iterable or an async generator function"
+    )

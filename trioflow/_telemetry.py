@@ -1,0 +1,97 @@
+"""Telemetry: instruments receive events; a failing instrument is removed, never fatal.
+
+An :class:`Instrument` overrides the hooks it cares about; every hook is a no-op by default.
+Hooks are called synchronously from the pipeline's tasks, so they must be quick (hand heavy
+work to a channel). An instrument that raises is removed for the rest of the run and the
+exception is logged once on the ``trioflow`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._report import RunReport
+
+__all__ = ["Instrument", "Telemetry"]
+
+logger = logging.getLogger("trioflow")
+
+
+class Instrument:
+    """Base class of instruments: override the hooks you need (see docs/telemetry table).
+
+    Example:
+        >>> class CountRetries(Instrument):
+        ...     retries = 0
+        ...     def retry(self, stage, data, attempt, exc, delay):
+        ...         self.retries += 1
+    """
+
+    def pipeline_start(self, pipeline: Any) -> None:
+        """The run started (``pipeline`` is the :class:`~trioflow.Pipeline`)."""
+
+    def pipeline_stop(self, report: RunReport) -> None:
+        """The run ended with ``report``."""
+
+    def drain_start(self) -> None:
+        """A graceful drain began: sources stopped pulling."""
+
+    def stage_exception(self, stage: str, data: Any, exc: BaseException) -> None:
+        """A call in ``stage`` raised ``exc`` for ``data`` (before retries are decided)."""
+
+    def retry(self, stage: str, data: Any, attempt: int, exc: BaseException, delay: float) -> None:
+        """``stage`` will call again for ``data`` after ``delay`` seconds (``attempt`` is next)."""
+
+    def failure(self, stage: str, data: Any, reason: BaseException | str) -> None:
+        """An item failed in ``stage`` (it goes to failure handling)."""
+
+    def batch(self, stage: str, size: int, trigger: str) -> None:
+        """``stage`` emitted a batch of ``size`` items (``trigger``: size, timeout or flush)."""
+
+    def ack(self, acknowledger: Any, successful: int, failed: int) -> None:
+        """An acknowledger was called for ``successful`` + ``failed`` messages."""
+
+
+_HOOKS = tuple(
+    name
+    for name in vars(Instrument)
+    if not name.startswith("_") and callable(vars(Instrument)[name])
+)
+
+
+class Telemetry:
+    """Dispatches events to the instruments that override each hook."""
+
+    def __init__(self, instruments: list[Instrument]) -> None:
+        self._instruments = list(instruments)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        for hook in _HOOKS:
+            targets = [
+                i
+                for i in self._instruments
+                if getattr(type(i), hook, None) is not getattr(Instrument, hook)
+            ]
+            setattr(self, f"has_{hook}", bool(targets))
+            setattr(self, f"_{hook}_targets", targets)
+
+    def emit(self, hook: str, *args: Any) -> None:
+        """Call ``hook(*args)`` on every instrument that has it; remove any that raises."""
+        targets: list[Instrument] = getattr(self, f"_{hook}_targets")
+        for instrument in targets:
+            try:
+                getattr(instrument, hook)(*args)
+            except Exception:
+                logger.exception(
+                    "trioflow: instrument %r raised in %s(); it is removed from this run",
+                    instrument,
+                    hook,
+                )
+                self._instruments.remove(instrument)
+                self._rebuild()
+
+    def __bool__(self) -> bool:
+        return bool(self._instruments)

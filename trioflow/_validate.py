@@ -1,0 +1,50 @@
+"""Argument checks shared by the stage constructors: each error names the argument and value."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+    return value
+
+
+def optional_positive_int(name: str, value: Any) -> int | None:
+    return None if value is None else positive_int(name, value)
+
+
+def positive_number(name: str, value: Any) -> float:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not value > 0
+        or math.isnan(value)
+    ):
+        raise ValueError(f"{name}={value!r} must be a positive number of seconds")
+    return float(value)
+
+
+def optional_positive_number(name: str, value: Any) -> float | None:
+    return None if value is None else positive_number(name, value)
+
+
+def callable_(name: str, value: Any, where: str) -> Any:
+    if not callable(value):
+        raise TypeError(f"{where}: {name}={value!r} must be callable")
+    return value
+
+
+def optional_callable(name: str, value: Any, where: str) -> Any:
+    return None if value is None else callable_(name, value, where)
+
+
+def describe(value: Any, limit: int = 60) -> str:
+    """A short text for a value in reprs and error messages: functions by name."""
+    name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+    if callable(value) and isinstance(name, str) and not isinstance(value, type):
+        return name.replace(".<locals>", "")
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
