@@ -15,36 +15,37 @@ __all__ = ["RecordingAcknowledger", "TestSource"]
 T = TypeVar("T")
 
 
+#: metadata key under which TestSource numbers its messages (to detect double acks)
+SEQ = "test_seq"
+
+
 @final
 class RecordingAcknowledger:
     """Records outcomes: ``acked`` (data, in ack order) and ``failed`` (``(data, reason)``).
 
-    It raises ``AssertionError`` if a message is acked twice (by identity), so a test notices.
+    Messages numbered under ``metadata["test_seq"]`` (as :class:`TestSource` numbers them) are
+    checked: acking one twice raises ``AssertionError``, so the test notices.
     """
 
     def __init__(self) -> None:
         self.acked: list[Any] = []
         self.failed: list[tuple[Any, BaseException | str | None]] = []
         self.calls = 0
-        self._seen: set[int] = set()
-        self._keep: list[Message[Any]] = []  # keeps ids unique while recorded
+        self._seen: set[Any] = set()
 
     async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
         """Record a group of outcomes."""
         self.calls += 1
+        seqs = [m.metadata.get(SEQ) for m in successful]
+        seqs += [m.metadata.get(SEQ) for m in failed]
         seen = self._seen
-        for m in successful:
-            key = id(m.metadata)
-            if key in seen:
-                raise AssertionError(f"message {m!r} acked twice")
-            seen.add(key)
-        for m in failed:
-            key = id(m.metadata)
-            if key in seen:
-                raise AssertionError(f"message {m!r} acked twice")
-            seen.add(key)
-        self._keep.extend(successful)
-        self._keep.extend(failed)
+        fresh = {s for s in seqs if s is not None} - seen
+        if len(fresh) != len(seqs) - seqs.count(None):
+            again = sorted(
+                s for s in seqs if s is not None and (s not in fresh or seqs.count(s) > 1)
+            )
+            raise AssertionError(f"TestSource messages acked twice: test_seq {again[:10]}")
+        seen |= fresh
         self.acked.extend([m.data for m in successful])
         self.failed.extend([(m.data, m.reason) for m in failed])
 
@@ -92,7 +93,8 @@ class TestSource(Source[T], Generic[T]):
         ack = self.acknowledger
         while True:
             room = await out.demand()
-            chunk = [Message(x, {}, ack) for x in islice(it, room)]
+            start = self.pulled
+            chunk = [Message(x, {SEQ: i}, ack) for i, x in enumerate(islice(it, room), start)]
             if not chunk:
                 return
             self.pulled += len(chunk)
