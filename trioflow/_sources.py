@@ -152,7 +152,8 @@ async def _drain_aiter(ait: AsyncIterable[Any], out: Outlet) -> None:
     finally:
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
-            with trio.move_on_after(1.0, shield=True):
+            with trio.move_on_after(1.0) as cleanup:
+                cleanup.shield = True
                 await aclose()
 
 
