@@ -9,6 +9,8 @@ Example:
     >>> report = trio.run(pipeline.run)
 """
 
+from ._decode import DecodeError as DecodeError
+from ._decode import decode as decode
 from ._exceptions import Fatal as Fatal
 from ._exceptions import InvalidPipeline as InvalidPipeline
 from ._exceptions import PipelineError as PipelineError

@@ -89,7 +89,7 @@ def _check_attempts(instance: object, attribute: object, value: int) -> None:
 
 
 @final
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Retry:
     """Retry a failing call in place before the item fails.
 
@@ -110,3 +110,12 @@ class Retry:
     on: tuple[type[Exception], ...] = attrs.field(
         default=(Exception,), converter=_to_tuple, validator=_check_on
     )
+
+    def __repr__(self) -> str:
+        parts = [f"attempts={self.attempts}"]
+        if self.backoff != Backoff.exponential(0.1, max=5.0, jitter=True):
+            parts.append(f"backoff={self.backoff!r}")
+        if self.on != (Exception,):
+            names = [t.__name__ for t in self.on]
+            parts.append(f"on=({', '.join(names)}{',' if len(names) == 1 else ''})")
+        return f"Retry({', '.join(parts)})"

@@ -62,24 +62,39 @@ class Outlet:
         return await self._queue.wait_free()
 
     async def send(self, item: Any) -> None:
-        """Hand over one item: plain data, or a :class:`~trioflow.Message` with its acknowledger."""
+        """Hand over one item: plain data, or a :class:`~trioflow.Message` with its acknowledger.
+
+        A message already marked failed (``message.fail(reason)``) goes straight to failure
+        handling: a source can hand over what it could not even parse.
+        """
+        self._settler.received += 1
         if type(item) is Message:
+            if item.status == "failed":
+                self._settler.fail(item, item.reason if item.reason is not None else "failed")
+                await self._settler.room()
+                return
             await self._queue.put(item.data, item)
         else:
             await self._queue.put(item, item)
-        self._settler.received += 1
 
     async def send_many(self, items: list[Any]) -> None:
         """Hand over several items (the list is kept: do not reuse it)."""
         if not items:
             return
+        self._settler.received += len(items)
         if Message in set(map(type, items)):
+            failed = [m for m in items if type(m) is Message and m.status == "failed"]
+            if failed:
+                for m in failed:
+                    self._settler.fail(m, m.reason if m.reason is not None else "failed")
+                items = [m for m in items if not (type(m) is Message and m.status == "failed")]
+                await self._settler.room()
             values = [m.data if type(m) is Message else m for m in items]
             origins = items
         else:
             values, origins = items, items.copy()
-        self._settler.received += len(items)
-        await self._queue.put_many(values, origins)
+        if values:
+            await self._queue.put_many(values, origins)
 
 
 class Source(Stage[None, T]):

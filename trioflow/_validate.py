@@ -43,8 +43,13 @@ def optional_callable(name: str, value: Any, where: str) -> Any:
 
 def describe(value: Any, limit: int = 60) -> str:
     """A short text for a value in reprs and error messages: functions by name."""
-    name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
-    if callable(value) and isinstance(name, str) and not isinstance(value, type):
-        return name.replace(".<locals>", "")
+    if callable(value) and not isinstance(value, type):
+        name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+        if isinstance(name, str):
+            return name.replace(".<locals>", "")
+        if type(value).__repr__ is object.__repr__:
+            return f"{type(value).__qualname__}()"
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit or hasattr(type(value), "__attrs_attrs__"):
+        return text
+    return text[: limit - 3] + "..."
