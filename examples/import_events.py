@@ -23,6 +23,7 @@ from pathlib import Path
 
 import attrs
 import trio
+import trio.lowlevel
 
 import trioflow as tf
 from trioflow.connectors.jsonl import JsonlSink, JsonlSource
@@ -72,7 +73,7 @@ def generate(path: Path, count: int, seed: int = 7) -> None:
             elif roll < 0.025:
                 event["coupon"] = "X"  # unknown field
             elif roll < 0.03:
-                f.write('{"id": %d, "kind": "order", "acc\n' % i)  # malformed JSON
+                f.write(f'{{"id": {i}, "kind": "order", "acc\n')  # malformed JSON
                 continue
             f.write(json.dumps(event) + "\n")
 
@@ -86,7 +87,7 @@ class FlakyRegions:
 
     async def __call__(self, event: Event) -> Row:
         self.calls += 1
-        await trio.sleep(0)  # a real service would be awaited here
+        await trio.lowlevel.checkpoint()  # a real service would be awaited here
         if event.id % 25 == 0 and event.account not in self._failed_once:
             self._failed_once.add(event.account)
             raise ConnectionError(f"region service timed out for {event.account}")
@@ -133,7 +134,7 @@ async def main(argv: list[str] | None = None) -> tf.RunReport:
     parser.add_argument("--fresh", action="store_true", help="start over: new input, empty db")
     args = parser.parse_args(argv)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the run
     if args.fresh:
         for name in ("events.jsonl", "events.db", "events.checkpoint", "dead_letter.jsonl"):
             (out / name).unlink(missing_ok=True)

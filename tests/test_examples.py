@@ -29,9 +29,11 @@ def test_import_events_end_to_end_and_resume(tmp_path: Path) -> None:
     # every event is either in the database or in the dead letter, with a reason
     assert rows[0] == rows[1]
     assert rows[0] + len(dead) == 3000
-    assert dead and all(d["reason"] for d in dead)
+    assert dead
+    assert all(d["reason"] for d in dead)
     assert any("@ $.amount" in d["reason"] for d in dead)  # the field is named
-    assert "retried" in first.stdout and "unsettled         0" in first.stdout
+    assert "retried" in first.stdout
+    assert "unsettled         0" in first.stdout
 
     # a second run resumes from the checkpoint: nothing left to read, nothing duplicated
     second = run_example(script, "--out", str(tmp_path))

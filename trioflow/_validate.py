@@ -47,7 +47,7 @@ def describe(value: Any, limit: int = 60) -> str:
         name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
         if isinstance(name, str):
             return name.replace(".<locals>", "")
-        if type(value).__repr__ is object.__repr__:
+        if getattr(type(value), "__repr__", None) is object.__repr__:
             return f"{type(value).__qualname__}()"
     text = repr(value)
     if len(text) <= limit or hasattr(type(value), "__attrs_attrs__"):
