@@ -16,6 +16,7 @@ run then raises ``PipelineError`` naming the stage.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any, final
 
 import trio
@@ -151,25 +152,34 @@ async def run_pipeline(
     watcher = trio.CancelScope()
     sources_scope = trio.CancelScope()
     try:
-        async with trio.open_nursery() as outer:
-            run.outer = outer.cancel_scope
-            outer.start_soon(run.guard, "acknowledger", lambda: settler.run_acker(_on_ack(tel)))
-            if pipeline.failure_handler is not None:
-                outer.start_soon(run.guard, "on_failure", settler.run_failure_handler)
-            if stop is not None:
-                outer.start_soon(_watch_stop, run, stop, drain_timeout, watcher, sources_scope)
-            async with trio.open_nursery() as inner:
-                for idx, node in enumerate(topology.nodes):
-                    ctx = StageContext(node.label, settler, run.histograms[node.label], tel)
-                    for fn in _node_tasks(node, queues[idx], target, drop, ctx):
-                        inner.start_soon(run.guard, node.label, fn)
-                entry = target(topology.entry)
-                for _ in topology.sources:
-                    entry.add_producer()
-                inner.start_soon(_run_sources, run, topology.sources, entry, sources_scope)
-                task_status.started(PipelineHandle(run))
-            settler.close()
-            watcher.cancel()
+        async with AsyncExitStack() as stack:
+            sources: list[Source[Any]] = []
+            for source in topology.sources:
+                try:
+                    sources.append(await stack.enter_async_context(source.open()))
+                except Exception as error:
+                    raise PipelineError(
+                        source.label, f"source {source.label!r} could not open: {error!r}"
+                    ) from error
+            async with trio.open_nursery() as outer:
+                run.outer = outer.cancel_scope
+                outer.start_soon(run.guard, "acknowledger", lambda: settler.run_acker(_on_ack(tel)))
+                if pipeline.failure_handler is not None:
+                    outer.start_soon(run.guard, "on_failure", settler.run_failure_handler)
+                if stop is not None:
+                    outer.start_soon(_watch_stop, run, stop, drain_timeout, watcher, sources_scope)
+                async with trio.open_nursery() as inner:
+                    for idx, node in enumerate(topology.nodes):
+                        ctx = StageContext(node.label, settler, run.histograms[node.label], tel)
+                        for fn in _node_tasks(node, queues[idx], target, drop, ctx):
+                            inner.start_soon(run.guard, node.label, fn)
+                    entry = target(topology.entry)
+                    for _ in topology.sources:
+                        entry.add_producer()
+                    inner.start_soon(_run_sources, run, tuple(sources), entry, sources_scope)
+                    task_status.started(PipelineHandle(run))
+                settler.close()
+                watcher.cancel()
     finally:
         run.ended = trio.current_time()
     if run.crash is not None:

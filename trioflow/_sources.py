@@ -9,7 +9,8 @@ cancelled: whatever it has handed over is processed and acked, nothing more is p
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from itertools import islice
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, final
 
@@ -67,24 +68,29 @@ class Outlet:
         A message already marked failed (``message.fail(reason)``) goes straight to failure
         handling: a source can hand over what it could not even parse.
         """
-        self._settler.received += 1
+        value = item
         if type(item) is Message:
             if item.status == "failed":
+                self._settler.received += 1
                 self._settler.fail(item, item.reason if item.reason is not None else "failed")
                 await self._settler.room()
                 return
-            await self._queue.put(item.data, item)
-        else:
-            await self._queue.put(item, item)
+            value = item.data
+        # Count an item as received only once it is in: a graceful drain cancels sources, and
+        # a hand-over cancelled while the queue is full must not leave a phantom "unsettled".
+        # Once wait_free() returns the put cannot block (nothing runs in between).
+        await self._queue.wait_free()
+        self._settler.received += 1
+        await self._queue.put(value, item)
 
     async def send_many(self, items: list[Any]) -> None:
         """Hand over several items (the list is kept: do not reuse it)."""
         if not items:
             return
-        self._settler.received += len(items)
         if Message in set(map(type, items)):
             failed = [m for m in items if type(m) is Message and m.status == "failed"]
             if failed:
+                self._settler.received += len(failed)
                 for m in failed:
                     self._settler.fail(m, m.reason if m.reason is not None else "failed")
                 items = [m for m in items if not (type(m) is Message and m.status == "failed")]
@@ -93,8 +99,23 @@ class Outlet:
             origins = items
         else:
             values, origins = items, items.copy()
-        if values:
-            await self._queue.put_many(values, origins)
+        # As in send(): hand over what fits, counting it as received, then wait for room; a
+        # drain cancelling the wait leaves only what was really handed over counted.
+        queue = self._queue
+        start, n = 0, len(values)
+        while start < n:
+            end = min(n, start + await queue.wait_free())
+            self._settler.received += end - start
+            if start == 0 and end == n:
+                await queue.put_many(values, origins)
+            else:
+                await queue.put_many(values[start:end], origins[start:end])
+            start = end
+
+
+@asynccontextmanager
+async def _as_is(source: Source[T]) -> AsyncIterator[Source[T]]:
+    yield source
 
 
 class Source(Stage[None, T]):
@@ -118,6 +139,17 @@ class Source(Stage[None, T]):
     def parts(self) -> tuple[Source[Any], ...]:
         """The sources that run as tasks (one, or the members of a merge)."""
         return (self,)
+
+    def open(self) -> AbstractAsyncContextManager[Source[T]]:
+        """Resources for one run: what ``produce`` and the acknowledger use.
+
+        The runner enters it before any task starts and leaves it after the last ack, so a
+        connection opened here outlives a drain (which cancels ``produce``) until every in-flight
+        message is acked. It yields the object whose ``produce`` runs; by default the source
+        itself. A connector that opens a connection yields a per-run object, so one pipeline can
+        run twice at once.
+        """
+        return _as_is(self)
 
 
 @final
