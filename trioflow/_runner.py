@@ -85,6 +85,14 @@ class _Run:
         self.final: RunReport | None = None
         self.done = trio.Event()
         self.outer: trio.CancelScope | None = None
+        self.outlets: list[Outlet] = []
+        self.draining = False
+
+    def stop_sources(self) -> None:
+        """Graceful drain: every source stops pulling (after the hand-over it is in, if any)."""
+        self.draining = True
+        for outlet in self.outlets:
+            outlet.stop()
 
     def report(self) -> RunReport:
         s = self.settler
@@ -226,16 +234,21 @@ def _node_tasks(
 async def _run_sources(
     run: _Run, sources: tuple[Source[Any], ...], entry: Emitter, scope: trio.CancelScope
 ) -> None:
-    async def one(source: Source[Any]) -> None:
+    async def one(source: Source[Any], outlet: Outlet) -> None:
         try:
-            await source.produce(Outlet(entry, run.settler))  # type: ignore[arg-type]
+            with outlet.scope:
+                await source.produce(outlet)
         finally:
             entry.close_producer()
 
     with scope:
         async with trio.open_nursery() as nursery:
             for source in sources:
-                nursery.start_soon(run.guard, source.label, lambda s=source: one(s))
+                outlet = Outlet(entry, run.settler)  # type: ignore[arg-type]
+                run.outlets.append(outlet)
+                if run.draining:
+                    outlet.stop()
+                nursery.start_soon(run.guard, source.label, lambda s=source, o=outlet: one(s, o))
 
 
 async def _watch_stop(
@@ -249,7 +262,7 @@ async def _watch_stop(
         await stop.wait()
         if run.telemetry.has_drain_start:  # type: ignore[attr-defined]
             run.telemetry.emit("drain_start")
-        sources_scope.cancel()
+        run.stop_sources()
         await trio.sleep(drain_timeout)
         # past the deadline: stop everything; what is in flight stays un-acked
         assert run.outer is not None

@@ -3,7 +3,8 @@
 A source is a :class:`Source` whose ``produce(outlet)`` pulls items and hands them to the outlet,
 which blocks while the pipeline is full: pulling follows demand, so back-pressure reaches the
 source (and, for a broker connector, the broker). On a graceful drain the source's task is
-cancelled: whatever it has handed over is processed and acked, nothing more is pulled.
+cancelled, once any hand-over in progress is done: whatever it pulled is processed and acked,
+nothing more is pulled.
 """
 
 from __future__ import annotations
@@ -52,11 +53,30 @@ class Outlet:
     exactly that many from its system.
     """
 
-    __slots__ = ("_queue", "_settler")
+    __slots__ = ("_handing", "_queue", "_settler", "_stopping", "scope")
 
     def __init__(self, queue: ChunkQueue, settler: Settler) -> None:
         self._queue = queue
         self._settler = settler
+        #: the source task runs in it; a graceful drain cancels it (see :meth:`stop`)
+        self.scope = trio.CancelScope()
+        self._handing = False
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Stop the source for a graceful drain: cancel it now, or once its hand-over is done.
+
+        A hand-over waiting for room is not interrupted: what a source pulled is processed and
+        acked, never dropped between its system and the pipeline (a hard stop still cancels it).
+        """
+        self._stopping = True
+        if not self._handing:
+            self.scope.cancel()
+
+    def _handed_over(self) -> None:
+        self._handing = False
+        if self._stopping:
+            self.scope.cancel()
 
     async def demand(self) -> int:
         """Wait until the pipeline can take at least one item; return how many it can take now."""
@@ -76,12 +96,16 @@ class Outlet:
                 await self._settler.room()
                 return
             value = item.data
-        # Count an item as received only once it is in: a graceful drain cancels sources, and
-        # a hand-over cancelled while the queue is full must not leave a phantom "unsettled".
-        # Once wait_free() returns the put cannot block (nothing runs in between).
-        await self._queue.wait_free()
-        self._settler.received += 1
-        await self._queue.put(value, item)
+        # Count an item as received only once it is in: a hand-over cancelled (by a hard stop)
+        # while the queue is full must not count a phantom "unsettled" item. Once wait_free()
+        # returns the put cannot block (nothing runs in between).
+        self._handing = True
+        try:
+            await self._queue.wait_free()
+            self._settler.received += 1
+            await self._queue.put(value, item)
+        finally:
+            self._handed_over()
 
     async def send_many(self, items: list[Any]) -> None:
         """Hand over several items (the list is kept: do not reuse it)."""
@@ -99,18 +123,22 @@ class Outlet:
             origins = items
         else:
             values, origins = items, items.copy()
-        # As in send(): hand over what fits, counting it as received, then wait for room; a
-        # drain cancelling the wait leaves only what was really handed over counted.
+        # As in send(): count what is in; a hard stop cancelling the wait leaves only what was
+        # really handed over counted.
         queue = self._queue
         start, n = 0, len(values)
-        while start < n:
-            end = min(n, start + await queue.wait_free())
-            self._settler.received += end - start
-            if start == 0 and end == n:
-                await queue.put_many(values, origins)
-            else:
-                await queue.put_many(values[start:end], origins[start:end])
-            start = end
+        self._handing = True
+        try:
+            while start < n:
+                end = min(n, start + await queue.wait_free())
+                self._settler.received += end - start
+                if start == 0 and end == n:
+                    await queue.put_many(values, origins)
+                else:
+                    await queue.put_many(values[start:end], origins[start:end])
+                start = end
+        finally:
+            self._handed_over()
 
 
 @asynccontextmanager
