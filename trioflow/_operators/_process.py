@@ -54,9 +54,10 @@ def make_call(stage: Process[Any, Any], ctx: StageContext) -> tuple[Call, bool]:
     is_async = stage.is_async
     if stage.thread:
         abandon = stage.timeout is not None
+        sync_fn = fn  # bound now: ``fn`` is rebound to the wrapper below
 
         async def in_thread(value: Any) -> Any:
-            return await trio.to_thread.run_sync(fn, value, abandon_on_cancel=abandon)
+            return await trio.to_thread.run_sync(sync_fn, value, abandon_on_cancel=abandon)
 
         fn, is_async = in_thread, True
     if stage.timeout is not None:
