@@ -1,0 +1,217 @@
+"""PostgreSQL batch sink: psycopg 3's sync connection in worker threads, a small pool.
+
+psycopg's ``AsyncConnection`` does not run under trio; its sync connection does, in
+``trio.to_thread``, and keeps the event loop responsive. Install with
+``pip install 'trioflow[postgres]'``.
+
+* ``mode="copy"``: plain inserts with ``COPY`` (fastest; a duplicate key fails the batch);
+  ``"upsert"``: ``INSERT ... ON CONFLICT (key) DO UPDATE`` (redelivery is harmless);
+  ``"ignore"``: ``ON CONFLICT DO NOTHING``; ``"insert"``: plain ``executemany``.
+  One transaction per batch.
+* Transient errors (connection lost, serialization failure, deadlock) are retried with backoff
+  on a fresh connection (``retry``); permanent ones (constraint, type, missing column) fail only
+  the batch's messages, with the database's message as the reason (:class:`DatabaseError`).
+* Cancelling a call (a hard stop) cancels the running query on the server, and the connection
+  is discarded rather than reused.
+
+Example:
+    >>> save = PostgresSink("host=127.0.0.1 dbname=app", "invoices", key="id")
+    >>> async with save:
+    ...     await (source | decode(Invoice) | batch(500, 1.0) | sink(save)).run()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, final
+
+import attrs
+import trio
+
+from .._exceptions import TrioflowError
+from .._retry import Backoff, Retry
+from ._lazy import require
+
+__all__ = ["DatabaseError", "PostgresSink", "TransientDatabaseError"]
+
+Mode = Literal["copy", "insert", "ignore", "upsert"]
+
+
+class DatabaseError(TrioflowError):
+    """A batch could not be written; the message is the database's."""
+
+
+@final
+class TransientDatabaseError(DatabaseError):
+    """A transient error outlasted the sink's retries."""
+
+
+def _row(item: Any) -> Mapping[str, Any]:
+    if isinstance(item, Mapping):
+        return item
+    if attrs.has(type(item)):
+        return attrs.asdict(item, recurse=False)
+    raise TypeError(
+        f"PostgresSink: cannot store {type(item).__name__}; give dicts or attrs objects"
+    )
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@final
+class PostgresSink:
+    """Write batches of rows (dicts or attrs objects) to ``table`` (see the module docs)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        table: str,
+        *,
+        key: str | Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
+        mode: Mode = "upsert",
+        pool_size: int = 2,
+        retry: Retry | None = None,
+        connect: Callable[[], Any] | None = None,
+    ) -> None:
+        if mode not in ("copy", "insert", "ignore", "upsert"):
+            raise ValueError(f"mode={mode!r} must be 'copy', 'insert', 'ignore' or 'upsert'")
+        if mode == "upsert" and not key:
+            raise ValueError("mode='upsert' needs key= (the column(s) that identify a row)")
+        if pool_size < 1:
+            raise ValueError(f"pool_size={pool_size!r} must be a positive integer")
+        self.dsn = dsn
+        self.table = table
+        self.key = (key,) if isinstance(key, str) else tuple(key or ())
+        self.columns = tuple(columns) if columns is not None else None
+        self.mode = mode
+        self.retry = retry or Retry(attempts=5, backoff=Backoff.exponential(0.05, max=2.0))
+        self._connect = connect
+        self._idle: list[Any] = []
+        self._limit = trio.Semaphore(pool_size)
+        self._lock = threading.Lock()
+        self.rows_written = 0
+        self.retried = 0
+
+    async def __call__(self, item: Any) -> None:
+        rows = [_row(x) for x in (item if isinstance(item, list) else [item])]
+        if not rows:
+            return
+        psycopg = require("psycopg", "postgres")
+        errors = psycopg.errors
+        transient = (psycopg.OperationalError, errors.SerializationFailure, errors.DeadlockDetected)
+        attempt = 1
+        while True:
+            try:
+                await self._write(rows)
+                return
+            except transient as exc:
+                if attempt >= self.retry.attempts:
+                    raise TransientDatabaseError(
+                        f"{self.table}: {_message(exc)} (after {attempt} attempts)"
+                    ) from exc
+                self.retried += 1
+                await trio.sleep(self.retry.backoff.delay(attempt))
+                attempt += 1
+            except psycopg.Error as exc:
+                raise DatabaseError(f"{self.table}: {_message(exc)}") from exc
+
+    async def _write(self, rows: list[Mapping[str, Any]]) -> None:
+        async with self._limit:
+            conn: Any = self._idle.pop() if self._idle else None
+            if conn is None or conn.closed:
+                conn = await trio.to_thread.run_sync(self._open)
+            abandoned = threading.Event()
+
+            def work() -> None:
+                try:
+                    self._write_sync(conn, rows)
+                finally:
+                    if abandoned.is_set():
+                        conn.close()
+
+            reuse = False
+            try:
+                await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+                reuse = True
+            except trio.Cancelled:
+                abandoned.set()
+                # stop the query on the server; best effort, the connection is dropped anyway
+                with contextlib.suppress(Exception):
+                    conn.cancel_safe(timeout=2.0)
+                raise
+            finally:
+                if reuse and not conn.broken:
+                    self._idle.append(conn)
+                elif not abandoned.is_set():
+                    conn.close()
+            self.rows_written += len(rows)
+
+    def _open(self) -> Any:
+        if self._connect is not None:
+            return self._connect()
+        psycopg = require("psycopg", "postgres")
+        return psycopg.connect(self.dsn, autocommit=False)
+
+    def _write_sync(self, conn: Any, rows: list[Mapping[str, Any]]) -> None:
+        columns = self.columns or tuple(rows[0])
+        values = [tuple(r[c] for c in columns) for r in rows]
+        cols = ", ".join(_ident(c) for c in columns)
+        table = _ident(self.table)
+        try:
+            with conn.cursor() as cur:
+                if self.mode == "copy":
+                    with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+                        for v in values:
+                            copy.write_row(v)
+                else:
+                    marks = ", ".join(["%s"] * len(columns))
+                    sql = f"INSERT INTO {table} ({cols}) VALUES ({marks})"
+                    if self.mode == "ignore":
+                        sql += " ON CONFLICT DO NOTHING"
+                    elif self.mode == "upsert":
+                        keys = ", ".join(_ident(k) for k in self.key)
+                        sets = ", ".join(
+                            f"{_ident(c)} = EXCLUDED.{_ident(c)}"
+                            for c in columns
+                            if c not in self.key
+                        )
+                        sql += f" ON CONFLICT ({keys}) DO " + (
+                            f"UPDATE SET {sets}" if sets else "NOTHING"
+                        )
+                    cur.executemany(sql, values)
+            conn.commit()
+        except BaseException:
+            if not conn.closed:
+                with contextlib.suppress(Exception):  # a broken one is closed by the caller
+                    conn.rollback()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the pooled connections (idempotent)."""
+        idle, self._idle = self._idle, []
+        with trio.CancelScope(shield=True):
+            for conn in idle:
+                await trio.to_thread.run_sync(conn.close)
+
+    async def __aenter__(self) -> PostgresSink:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def __name__(self) -> str:  # for reprs: sink(PostgresSink(...))
+        return f"PostgresSink({self.table})"
+
+
+def _message(exc: BaseException) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    detail = getattr(diag, "message_detail", None) if diag is not None else None
+    text = primary or str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{text} ({detail})" if detail else str(text)
