@@ -16,11 +16,13 @@ import attrs
 from ._exceptions import InvalidPipeline
 from ._pipeline import Pipeline
 from ._sources import Source
-from ._stages import Batch, FlatMap, Process, RateLimit, Route, Stage
+from ._stages import Batch, FlatMap, Process, Route, Stage
 
-__all__ = ["TERMINAL", "Node", "Topology", "compile_pipeline"]
+__all__ = ["TERMINAL", "TERMINAL_DEMAND", "Node", "Topology", "compile_pipeline"]
 
 TERMINAL = -1
+#: what the end of a pipeline lets a source hand over at once (a source-only pipeline)
+TERMINAL_DEMAND = 1024
 
 
 @final
@@ -45,13 +47,38 @@ class Topology:
     entry: int
     nodes: tuple[Node, ...]
 
+    #: settled messages that may wait for their acknowledger (the runner's ``ack_buffer``)
+    ack_buffer: int = 0
+    #: whether failed messages go through an ``on_failure`` handler first
+    has_failure_handler: bool = False
+
     def in_flight_bound(self) -> int | None:
-        """Most source messages that can be pulled and not yet settled at once (see docs).
+        """Most source messages that can be pulled and not yet acked at once (see docs).
+
+        The sum of:
+
+        * each source task: what it pulled and cannot hand over yet, at most the first stage's
+          buffer (a well-behaved single source pulls only what ``demand()`` allows);
+        * each stage, in items times the messages an item holds (``size`` after a ``batch``):
+          its input ``buffer``, plus what its workers hold, a chunk each: ``max(buffer, n)`` for
+          ``process`` (twice, and the dispatcher's chunk, with ``partition_by``), ``buffer`` for
+          ``filter``, ``rate_limit`` and ``route``, ``buffer + size - 1`` for ``batch``
+          (a chunk and the open batch);
+        * settled messages waiting for their acknowledger: ``2 * ack_buffer`` (queued, and in the
+          ``ack`` call), ``4 * ack_buffer`` with an ``on_failure`` handler (queued for it and in
+          its call too). A worker that overfills the ack buffer blocks, so its chunk is counted
+          in its stage.
 
         ``None`` when it depends on the data: a ``flat_map`` (children per parent) or a keyed
         ``batch`` (one open batch per key).
         """
-        return _bound(self, self.entry, 1)
+        stages = _bound(self, self.entry, TERMINAL, 1)
+        if stages is None:
+            return None
+        held, _ = stages
+        first = TERMINAL_DEMAND if self.entry == TERMINAL else self.nodes[self.entry].buffer
+        settled = (4 if self.has_failure_handler else 2) * self.ack_buffer
+        return len(self.sources) * first + held + settled
 
 
 def compile_pipeline(pipeline: Pipeline, *, ack_buffer: int) -> Topology:
@@ -69,7 +96,14 @@ def compile_pipeline(pipeline: Pipeline, *, ack_buffer: int) -> Topology:
     built = [n for n in nodes if n is not None]
     if len(built) != len(nodes):  # pragma: no cover - _chain fills every slot
         raise AssertionError("unfilled node")
-    return Topology(source.parts(), source.label, entry, tuple(_unique_labels(built)))
+    return Topology(
+        source.parts(),
+        source.label,
+        entry,
+        tuple(_unique_labels(built)),
+        ack_buffer,
+        pipeline.failure_handler is not None,
+    )
 
 
 def _chain(stages: tuple[Stage[Any, Any], ...], after: int, nodes: list[Node | None]) -> int:
@@ -102,36 +136,37 @@ def _unique_labels(nodes: list[Node]) -> list[Node]:
     return out
 
 
-def _bound(topology: Topology, idx: int, weight: int) -> int | None:
-    """Bound on source messages held from node ``idx`` on, when each item weighs ``weight``."""
-    if idx == TERMINAL:
-        return 0
-    node = topology.nodes[idx]
-    stage = node.stage
-    if isinstance(stage, FlatMap):
-        return None
-    if isinstance(stage, Batch):
-        if stage.key is not None:
+def _bound(topology: Topology, idx: int, stop: int, weight: int) -> tuple[int, int] | None:
+    """Source messages held from node ``idx`` up to ``stop``, items weighing ``weight`` at
+    ``idx``; and the weight of the items that reach ``stop``."""
+    total = 0
+    while idx not in (stop, TERMINAL):
+        node = topology.nodes[idx]
+        stage = node.stage
+        buf = node.buffer
+        if isinstance(stage, FlatMap):
             return None
-        held = node.buffer * weight + stage.size * weight
-        rest = _bound(topology, node.next, weight * stage.size)
-        return None if rest is None else held + rest
-    if isinstance(stage, Route):
-        total = node.buffer * weight + weight
-        for _, entry in node.branches:
-            b = _bound(topology, entry, weight)
-            if b is None:
+        if isinstance(stage, Batch):
+            if stage.key is not None:
                 return None
-            total += b
-        rest = _bound(topology, node.next, weight)
-        return None if rest is None else total + rest
-    workers = stage.n if isinstance(stage, Process) else 1
-    if isinstance(stage, Process) and stage.partition_by is not None:
-        # dispatcher holds a chunk; each worker has a queue of buffer // n and holds a chunk
-        held = node.buffer + 2 * max(node.buffer, workers) + node.buffer
-    elif isinstance(stage, RateLimit | Process):
-        held = node.buffer + max(node.buffer, workers)
-    else:
-        held = 2 * node.buffer
-    rest = _bound(topology, node.next, weight)
-    return None if rest is None else held * weight + rest
+            total += (2 * buf + stage.size - 1) * weight
+            weight *= stage.size
+        elif isinstance(stage, Route):
+            total += 2 * buf * weight
+            out_weight = weight
+            for _, entry in node.branches:
+                branch = _bound(topology, entry, node.next, weight)
+                if branch is None:
+                    return None
+                total += branch[0]
+                out_weight = max(out_weight, branch[1])
+            weight = out_weight
+        elif isinstance(stage, Process) and stage.partition_by is not None:
+            # dispatcher chunk, per-worker queues of buffer // n, and a chunk per worker
+            total += (2 * buf + 2 * max(buf, stage.n)) * weight
+        elif isinstance(stage, Process):
+            total += (buf + max(buf, stage.n)) * weight
+        else:  # filter, rate_limit: one task holding a chunk
+            total += 2 * buf * weight
+        idx = node.next
+    return total, weight

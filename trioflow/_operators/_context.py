@@ -10,6 +10,7 @@ from .._acking import Settler
 from .._exceptions import Fatal
 from .._report import Histogram
 from .._telemetry import Telemetry
+from .._topology import TERMINAL_DEMAND
 from .._validate import describe
 
 __all__ = ["Emitter", "StageContext", "Terminal", "is_fatal"]
@@ -56,7 +57,7 @@ class Terminal:
     async def wait_free(self) -> int:
         await checkpoint_if_cancelled()
         await self._settler.room()
-        return 1024
+        return TERMINAL_DEMAND
 
 
 @final
