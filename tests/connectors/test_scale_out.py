@@ -8,8 +8,6 @@ the group's pending list is empty, and nothing went to the dead letter.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import sqlite3
 import subprocess

@@ -53,6 +53,7 @@ class SqliteSink:
         columns: Sequence[str] | None = None,
         mode: Mode = "upsert",
         create: bool = True,
+        busy_timeout: float = 30.0,
     ) -> None:
         if mode not in ("insert", "ignore", "upsert"):
             raise ValueError(f"mode={mode!r} must be 'insert', 'ignore' or 'upsert'")
@@ -67,6 +68,7 @@ class SqliteSink:
         self.columns = tuple(columns) if columns is not None else None
         self.mode = mode
         self.create = create
+        self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self.rows_written = 0
@@ -80,6 +82,8 @@ class SqliteSink:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        # several processes may share the file (scale-out): wait for the writer lock
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         return conn
 
     def _write(self, rows: list[Mapping[str, Any]]) -> None:
@@ -94,7 +98,7 @@ class SqliteSink:
                 self._create(conn, columns)
             sql = self._insert_sql(columns)
             values = [tuple(r[c] for c in columns) for r in rows]
-            conn.execute("BEGIN")
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(sql, values)
             except BaseException:
