@@ -70,7 +70,7 @@ async def test_three_workers_one_killed_nothing_lost(
     db = tmp_path / "events.db"
     logs = [open(tmp_path / f"w{i}.log", "w") for i in range(3)]  # noqa: SIM115, ASYNC230
     workers = [
-        subprocess.Popen(
+        subprocess.Popen(  # noqa: ASYNC220 - started once; trio.run_process would own them
             [
                 sys.executable,
                 str(EXAMPLE),
@@ -105,7 +105,7 @@ async def test_three_workers_one_killed_nothing_lost(
         workers[1].wait()
         while True:
             count = db_count(db)
-            pending, dead = await group_state(redis_server.port, stream, group)
+            pending, _ = await group_state(redis_server.port, stream, group)
             if count >= ENTRIES and pending == 0:
                 break
             assert time.monotonic() < deadline, f"stuck at {count} rows, {pending} pending"
@@ -128,10 +128,11 @@ async def test_three_workers_one_killed_nothing_lost(
     assert await group_state(redis_server.port, stream, group) == (0, 0)
     dead_letter = tmp_path / "dead_letter.jsonl"
     assert not dead_letter.exists() or not dead_letter.read_text().strip()
-    # the killed worker's entries were taken over: both survivors report work done
-    outputs = [(tmp_path / f"w{i}.log").read_text() for i in (0, 2)]
-    received = [
-        int(next(l for l in o.splitlines() if l.startswith("received")).split()[1]) for o in outputs
-    ]
-    assert sum(received) > 0
-    _ = json, os
+    # the survivors drained gracefully and printed their reports
+    received = [_received((tmp_path / f"w{i}.log").read_text()) for i in (0, 2)]
+    assert all(r > 0 for r in received)
+
+
+def _received(log: str) -> int:
+    line = next(x for x in log.splitlines() if x.startswith("received"))
+    return int(line.split()[1])
