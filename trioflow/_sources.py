@@ -80,7 +80,12 @@ class Outlet:
 
     async def demand(self) -> int:
         """Wait until the pipeline can take at least one item; return how many it can take now."""
-        return await self._queue.wait_free()
+        room = await self._queue.wait_free()
+        if self._stopping:
+            # stopped while the wait was already ending: the scope is cancelled, so this raises
+            # Cancelled here, before the source pulls anything it could not hand over
+            await trio.lowlevel.checkpoint()
+        return room
 
     async def send(self, item: Any) -> None:
         """Hand over one item: plain data, or a :class:`~trioflow.Message` with its acknowledger.
