@@ -3,7 +3,7 @@
 Stages are plain functions composed with ``|``, run as tasks of one nursery, joined by bounded
 queues that carry back-pressure; every message is acknowledged to its source exactly once.
 
-Example:
+Examples:
     >>> import trioflow as tf
     >>> pipeline = tf.from_iterable(range(10)) | tf.process(double, n=4) | tf.sink(save)
     >>> report = trio.run(pipeline.run)

@@ -99,7 +99,7 @@ def decode(
     reason; nothing about a bad item stops the pipeline. With ``format=None`` items must already be
     dicts (or whatever ``converter`` structures).
 
-    Example:
+    Examples:
         >>> pipeline = from_iterable(lines) | decode(Invoice) | batch(100, 1.0) | sink(save)
     """
     return process(Decoder(cls, format=format, converter=converter), n, name=name)

@@ -53,7 +53,7 @@ class StageTimeout(TrioflowError, TimeoutError):
 class Fatal(Exception):
     """Raise (or wrap) to stop the whole pipeline instead of failing one item.
 
-    Example:
+    Examples:
         >>> async def save(rows):
         ...     try:
         ...         await db.insert(rows)

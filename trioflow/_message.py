@@ -58,7 +58,7 @@ class Message(Generic[T]):
     (with ``data`` the value at that stage, ``metadata`` the source's dict). Do not assign to the
     fields: use :meth:`fail` or :meth:`replace`, which return a copy.
 
-    Example:
+    Examples:
         >>> msg = Message(b'{"id": 1}', metadata={"entry_id": "1-0"})
         >>> msg.fail("malformed").status
         'failed'

@@ -32,7 +32,7 @@ class Pipeline:
     Pipelines are values: ``|`` returns a new one, and the same pipeline can be run again (with a
     fresh source) or in two nurseries at once.
 
-    Example:
+    Examples:
         >>> pipeline = from_iterable(raw) | process(decode, n=10) | batch(100, 1.0) | sink(save)
         >>> report = trio.run(pipeline.run)
     """
@@ -53,7 +53,7 @@ class Pipeline:
         data and ``.reason``; after it returns they are acked as failed to their source. An
         exception from the handler is a bug: it stops the pipeline.
 
-        Example:
+        Examples:
             >>> pipeline = pipeline.on_failure(dead_letter.write)
         """
         if not callable(handler):
@@ -129,7 +129,7 @@ async def collect(
     pipeline ending in a sink collects nothing. Items that failed are not in the list (they went
     to failure handling). With ``n=1`` stages the list is in input order.
 
-    Example:
+    Examples:
         >>> await collect(from_iterable([1, 2, 3]) | process(double))
         [2, 4, 6]
     """

@@ -23,7 +23,7 @@ class Backoff:
 
     Build one with :meth:`exponential` or :meth:`constant`.
 
-    Example:
+    Examples:
         >>> b = Backoff.exponential(0.1, max=5.0)
         >>> [b.delay(k) for k in (1, 2, 3)]
         [0.1, 0.2, 0.4]
@@ -98,7 +98,7 @@ class Retry:
     are instances of ``on`` are retried; others fail the item at once, and :class:`~trioflow.Fatal`
     is never retried. The worker keeps its slot while it waits, so back-pressure holds.
 
-    Example:
+    Examples:
         >>> policy = Retry(attempts=5, backoff=Backoff.constant(0.5), on=(ConnectionError,))
     """
 

@@ -154,7 +154,7 @@ async def _as_is(source: Source[T]) -> AsyncIterator[Source[T]]:
 class Source(Stage[None, T]):
     """Base class of sources. Subclass it and implement :meth:`produce` to write a connector.
 
-    Example:
+    Examples:
         >>> @attrs.frozen
         ... class Countdown(Source[int]):
         ...     start: int
@@ -216,7 +216,7 @@ def from_iterable(iterable: Iterable[T], *, name: str | None = None) -> FromIter
 
     Iterating must be cheap: it runs in the pipeline's thread, a chunk at a time, as demand allows.
 
-    Example:
+    Examples:
         >>> pipeline = from_iterable(range(1000)) | process(double)
     """
     if not isinstance(iterable, Iterable):
@@ -260,7 +260,7 @@ class FromAiter(Source[T]):
 def from_aiter(aiterable: AsyncIterable[T], *, name: str | None = None) -> FromAiter[T]:
     """A source over an async iterable, pulled one item at a time as demand allows.
 
-    Example:
+    Examples:
         >>> pipeline = from_aiter(websocket_messages()) | process(handle)
     """
     if not isinstance(aiterable, AsyncIterable):
@@ -337,7 +337,7 @@ class FromChannel(Source[T]):
 def from_channel(channel: trio.abc.ReceiveChannel[T], *, name: str | None = None) -> FromChannel[T]:
     """A source reading a trio receive channel until ``EndOfChannel``; the channel stays yours.
 
-    Example:
+    Examples:
         >>> send, receive = trio.open_memory_channel(100)
         >>> pipeline = from_channel(receive) | sink(save)
     """
@@ -375,7 +375,7 @@ def merge(*sources: Any, name: str | None = None) -> Merge:
     Each argument may be anything that can stand left of ``|`` (a source, an iterable, an async
     iterable, an async generator function).
 
-    Example:
+    Examples:
         >>> pipeline = merge(orders_stream, refunds_stream) | process(handle)
     """
     if not sources:

@@ -199,7 +199,7 @@ def process(
 
     Back-pressure: a worker that cannot hand its output on waits, holding its slot.
 
-    Example:
+    Examples:
         >>> decode_stage = process(decode, n=10, retry=Retry(attempts=3))
     """
     return Process(
@@ -223,7 +223,7 @@ def sink(
     After a :func:`batch`, the item is a list and its success acks all of its messages. Nothing
     may follow a sink.
 
-    Example:
+    Examples:
         >>> pipeline = from_iterable(rows) | batch(500, 1.0) | sink(save_rows)
     """
     return Process(fn, n, False, None, retry, timeout, buffer, thread, messages, name, True)
@@ -262,7 +262,7 @@ def filter(
 
     Dropped items count as successful: they are acked at once (and counted in ``filtered``).
 
-    Example:
+    Examples:
         >>> only_paid = filter(lambda invoice: invoice.paid)
     """
     return Filter(pred, buffer, name)
@@ -299,7 +299,7 @@ def flat_map(
     The parent message is acked when all of its children are done, and fails (with the first
     child's reason) if any child fails. With no children it is acked at once.
 
-    Example:
+    Examples:
         >>> lines = flat_map(lambda text: text.splitlines())
     """
     return FlatMap(fn, buffer, name)
@@ -350,7 +350,7 @@ def batch(
     each batch with its own timer. At the end of input, and on a graceful drain, every partial
     batch is flushed. A batch holds at most ``size`` items per open key in memory.
 
-    Example:
+    Examples:
         >>> rows = batch(100, 1.0, key=lambda event: event.tenant)
     """
     return Batch(size, timeout, key, buffer, name)
@@ -388,7 +388,7 @@ def rate_limit(
 
     Items wait in the stage (and back-pressure builds behind it) until they may pass.
 
-    Example:
+    Examples:
         >>> polite = rate_limit(10, per=1.0)
     """
     return RateLimit(count, per, buffer, name)
@@ -440,7 +440,7 @@ def route(
     fails with a ``KeyError`` naming the key. Outputs of a branch that does not end in a sink
     continue after the route (in no particular order across branches).
 
-    Example:
+    Examples:
         >>> branches = {"a": process(enrich) | sink(save_a), "b": sink(save_b)}
         >>> by_kind = route(lambda e: e.kind, branches)
     """
@@ -459,7 +459,7 @@ def stage(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     it returns a configured copy (``decode(n=10)``), with an item it calls the function
     (``await decode(raw)``, for unit tests).
 
-    Example:
+    Examples:
         >>> @stage
         ... async def source():
         ...     for i in range(10):

@@ -22,7 +22,7 @@ logger = logging.getLogger("trioflow")
 class Instrument:
     """Base class of instruments: override the hooks you need (see docs/telemetry table).
 
-    Example:
+    Examples:
         >>> class CountRetries(Instrument):
         ...     retries = 0
         ...     def retry(self, stage, data, attempt, exc, delay):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
+from time import perf_counter
 from typing import Any
 
 import trio
@@ -21,11 +22,16 @@ from .._message import Message
 from .._queue import ChunkQueue
 from .._stages import Process
 from .._topology import Node
-from ._context import Emitter, StageContext
+from ._context import Emitter, StageContext, Terminal
 
 __all__ = ["tasks"]
 
 Call = Callable[[Any], Any]
+
+#: At the end of the pipeline (a sink), results are settled, and so acked, at least this often
+#: (seconds of real time) while a chunk is worked through, so a slow sink does not hold back the
+#: acks of the items it has finished.
+SETTLE_EVERY = 0.001
 
 
 def tasks(
@@ -96,6 +102,7 @@ def _with_retry(fn: Call, is_async: bool, stage: Process[Any, Any], ctx: StageCo
                     or attempt >= policy.attempts
                 ):
                     raise
+                _exception_event(ctx, value, exc)
                 delay = policy.backoff.delay(attempt)
                 settler.retried += 1
                 if telemetry.has_retry:  # type: ignore[attr-defined]
@@ -137,6 +144,7 @@ async def worker(
     """Take chunks from ``inq`` until it ends; call ``call`` per item; hand results to ``out``."""
     histogram = ctx.histogram
     clock = trio.current_time
+    terminal = isinstance(out, Terminal)
     try:
         while True:
             got = await inq.get(take, share)
@@ -156,6 +164,7 @@ async def worker(
             failures: list[int] | None = None
             lo = 0
             if is_async:
+                last = perf_counter()
                 for value in inputs:
                     try:
                         append(await call(value))
@@ -166,11 +175,16 @@ async def worker(
                             failures = []
                         failures.append(len(results))
                         append(exc)
-                    if out.waiting and seq is None:
-                        # the next stage is idle: hand over what is done instead of holding it
+                        _exception_event(ctx, value, exc)
+                    if seq is None and (
+                        out.waiting or (terminal and perf_counter() - last >= SETTLE_EVERY)
+                    ):
+                        # the next stage is idle (or, at the end, time has passed): hand over
+                        # what is done instead of holding it until the chunk is through
                         hi = len(results)
                         await _emit(out, ctx, inputs, results, origins, failures, lo, hi, messages)
                         lo = hi
+                        last = perf_counter()
             else:
                 for value in inputs:
                     try:
@@ -182,6 +196,7 @@ async def worker(
                             failures = []
                         failures.append(len(results))
                         append(exc)
+                        _exception_event(ctx, value, exc)
             if seq is not None:
                 while seq.turn != ticket:
                     await seq.lot.park()
@@ -193,6 +208,11 @@ async def worker(
             histogram.add((clock() - started) / n, n)
     finally:
         out.close_producer()
+
+
+def _exception_event(ctx: StageContext, value: Any, exc: BaseException) -> None:
+    if ctx.telemetry.has_stage_exception:  # type: ignore[attr-defined]
+        ctx.telemetry.emit("stage_exception", ctx.label, value, exc)
 
 
 async def _emit(

@@ -47,7 +47,7 @@ async def _run(
                     key = key_fn(value)
                     if key not in entries:
                         raise KeyError(
-                            f"route({ctx.label}): no branch for key {key!r}; "
+                            f"{ctx.label}: no branch for key {key!r}; "
                             f"branches are {', '.join(repr(k) for k in entries)}"
                         )
                 except Exception as exc:

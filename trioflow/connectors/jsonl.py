@@ -7,7 +7,7 @@ settled line (successful or failed: failures are the failure handler's business)
 atomically, so a restarted run resumes after the last line whose fate was decided and loses
 nothing; lines after a gap are read again (at-least-once).
 
-Example:
+Examples:
     >>> source = JsonlSource("events.jsonl", checkpoint="events.checkpoint")
     >>> pipeline = source | decode(Event) | batch(500, 1.0) | sink(SqliteSink("out.db", "events"))
 """

@@ -14,7 +14,7 @@ psycopg's ``AsyncConnection`` does not run under trio; its sync connection does,
 * Cancelling a call (a hard stop) cancels the running query on the server, and the connection
   is discarded rather than reused.
 
-Example:
+Examples:
     >>> save = PostgresSink("host=127.0.0.1 dbname=app", "invoices", key="id")
     >>> async with save:
     ...     await (source | decode(Invoice) | batch(500, 1.0) | sink(save)).run()

@@ -23,7 +23,7 @@ Semantics of :class:`RedisStreamSource` (at-least-once):
 Message data is the entry's fields as ``dict[str, str]``; metadata has ``id``, ``stream`` and
 ``deliveries``.
 
-Example:
+Examples:
     >>> source = RedisStreamSource("events", "importers", "worker-1", host="127.0.0.1", port=6379)
     >>> pipeline = source | decode(Event, format=None) | batch(500, 1.0) | sink(save)
 """
@@ -272,7 +272,7 @@ class RedisStreamSink:
     ``client`` is an entered coredis client (see :func:`connect`). Items are mappings of fields
     (or anything ``fields(item)`` turns into one). ``maxlen`` trims the stream approximately.
 
-    Example:
+    Examples:
         >>> async with connect(port=6379) as client:
         ...     out = RedisStreamSink(client, "enriched")
         ...     await (source | process(enrich) | batch(200, 0.5) | sink(out)).run()

@@ -4,7 +4,7 @@ The connection uses WAL and ``synchronous=NORMAL`` (durable across a process cra
 transactions may be lost on power loss). ``mode="upsert"`` (with ``key``) or ``mode="ignore"`` make
 redelivery harmless, which is what at-least-once sources need.
 
-Example:
+Examples:
     >>> save = SqliteSink("out.db", "invoices", key="id")
     >>> pipeline = source | decode(Invoice) | batch(500, 1.0) | sink(save)
 """
