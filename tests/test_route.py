@@ -48,7 +48,7 @@ async def test_unknown_key_fails_item_with_key_error_naming_it() -> None:
     [(data, reason)] = src.failed
     assert data == "zz"
     assert isinstance(reason, KeyError)
-    assert reason.args == ("route(r): no branch for key 'zz'; branches are 'a'",)
+    assert reason.args == ("r: no branch for key 'zz'; branches are 'a'",)
     assert report.failed_by_reason == {"KeyError": 1}
 
 
