@@ -39,4 +39,36 @@ from ._stages import route as route
 from ._stages import sink as sink
 from ._stages import stage as stage
 
+__all__ = [
+    "DEFAULT_BUFFER",
+    "Backoff",
+    "DecodeError",
+    "Fatal",
+    "InvalidPipeline",
+    "Message",
+    "Pipeline",
+    "PipelineError",
+    "PipelineHandle",
+    "Retry",
+    "RunReport",
+    "Stage",
+    "StageStats",
+    "StageTimeout",
+    "TrioflowError",
+    "batch",
+    "collect",
+    "decode",
+    "filter",
+    "flat_map",
+    "from_aiter",
+    "from_channel",
+    "from_iterable",
+    "merge",
+    "process",
+    "rate_limit",
+    "route",
+    "sink",
+    "stage",
+]
+
 __version__ = "0.1.0"

@@ -11,3 +11,11 @@ from ._message import NoopAcknowledger as NoopAcknowledger
 from ._sources import Outlet as Outlet
 from ._sources import Source as Source
 from ._telemetry import Instrument as Instrument
+
+__all__ = [
+    "Acknowledger",
+    "Instrument",
+    "NoopAcknowledger",
+    "Outlet",
+    "Source",
+]
