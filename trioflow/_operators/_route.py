@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+import trio
+
 from .._exceptions import Fatal
 from .._queue import ChunkQueue
 from .._stages import Route
@@ -34,12 +36,15 @@ async def _run(
     take: int,
 ) -> None:
     key_fn = stage.key
+    clock = trio.current_time
     try:
         while True:
             got = await inq.get(take)
             if got is None:
                 return
             values, origins = got
+            ctx.chunk_start(len(values))
+            started = clock()
             parts: dict[Any, tuple[list[Any], list[Any]]] = {}
             failed = False
             for value, origin in zip(values, origins, strict=True):
@@ -65,6 +70,7 @@ async def _run(
                 await entries[key].put_many(vals, origs)
             if failed:
                 await ctx.settler.room()
+            ctx.chunk_stop(len(values), clock() - started)
     finally:
         for entry in entries.values():
             entry.close_producer()
