@@ -287,9 +287,7 @@ class AsyncGenSource(Source[T]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """With only option keywords, a configured copy; otherwise call the generator function."""
-        if not args and kwargs and set(kwargs) <= self._options:
-            return self.configure(**kwargs)
-        return self.fn(*args, **kwargs)
+        return self.configure_or_call(self.fn, args, kwargs)
 
     @property
     def label(self) -> str:

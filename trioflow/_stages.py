@@ -74,6 +74,12 @@ class Stage(Generic[In, Out]):
         buffer = getattr(self, "buffer", None)
         return buffer if isinstance(buffer, int) else DEFAULT_BUFFER
 
+    def configure_or_call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """``stage(n=10)`` (option keywords only) configures; ``stage(item)`` calls ``fn``."""
+        if not args and kwargs and set(kwargs) <= self._options:
+            return self.configure(**kwargs)
+        return fn(*args, **kwargs)
+
     def configure(self, **options: Any) -> Any:
         """A copy with ``options`` changed (validated as when built)."""
         unknown = set(options) - self._options
@@ -157,9 +163,7 @@ class Process(Stage[In, Out]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """With only option keywords, a configured copy; otherwise call ``fn`` (for tests)."""
-        if not args and kwargs and set(kwargs) <= self._options:
-            return self.configure(**kwargs)
-        return self.fn(*args, **kwargs)
+        return self.configure_or_call(self.fn, args, kwargs)
 
     @property
     def label(self) -> str:
