@@ -255,17 +255,22 @@ async def check_pipeline_async(
 
     try:
         with trio.fail_after(limit):
-            async with trio.open_nursery() as nursery:
-                if stop is not None and stop_at is not None:
-                    event = stop
+            if stop is not None and stop_at is not None:
+                event, when = stop, stop_at
 
-                    async def stopper() -> None:
-                        await trio.sleep(stop_at)
-                        event.set()
+                async def stopper() -> None:
+                    await trio.sleep(when)
+                    event.set()
 
-                    nursery.start_soon(stopper)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(stopper)
+                        await run()
+                        nursery.cancel_scope.cancel()
+                except BaseExceptionGroup as group:
+                    raise _single(group) from None
+            else:
                 await run()
-                nursery.cancel_scope.cancel()
     except trio.TooSlowError:
         unsettled = [x for s in sources for x in s.unsettled()]
         raise _fail(
@@ -357,6 +362,14 @@ async def check_pipeline_async(
         batches=watch.batches,
         elapsed=elapsed,
     )
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception of a group (nested or not), else the group itself."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _all_stages(pipeline: Pipeline) -> list[Stage[Any, Any]]:

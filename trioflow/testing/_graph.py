@@ -493,6 +493,9 @@ class _Model:
         self.faults = graph._faults
         self.pulled = pulled
         self.reasons: dict[int, list[ReasonIs]] = defaultdict(list)
+        # a token's failure fails these source items: its own, and after an un-batching flat_map
+        # those of the whole batch (the batch is the children's parent)
+        self.fate: dict[Ident, frozenset[int]] = {}
         self.retried = 0
         self.saved: dict[int, list[Any]] = defaultdict(list)
         self.sink_order: dict[int, bool] = {}
@@ -500,8 +503,14 @@ class _Model:
     def violation(self, invariant: str, detail: str) -> InvariantViolation:
         return InvariantViolation(f"{invariant}: {detail}\n  graph: {self.graph!r}")
 
+    def fate_of(self, t: Token) -> frozenset[int]:
+        return self.fate.get(t.ident) or frozenset((t.src,))
+
     def fail(self, x: Any, reason: ReasonIs) -> None:
-        for src in _srcs(x):
+        srcs: set[int] = set()
+        for t in x if isinstance(x, list) else [x]:
+            srcs |= self.fate_of(t)
+        for src in srcs:
             self.reasons[src].append(reason)
 
     def expected(self) -> Expected:
@@ -583,12 +592,15 @@ class _Model:
                 for x in xs:
                     if self.attempts_ok(s.sid, x, None, "fn"):
                         if s.kind == "list":
+                            shared = frozenset().union(*(self.fate_of(t) for t in x))
+                            for t in x:
+                                self.fate[t.ident] = shared
                             out.extend(x)
                         else:
-                            out.extend(
-                                Token(x.src, (*x.path, j), x.value + j)
-                                for j in range(x.value % (s.fanout + 1))
-                            )
+                            for j in range(x.value % (s.fanout + 1)):
+                                child = Token(x.src, (*x.path, j), x.value + j)
+                                self.fate[child.ident] = self.fate_of(x)
+                                out.append(child)
                 xs = out
             elif isinstance(s, BatchSpec):
                 if s.key_mod is not None:
