@@ -246,6 +246,7 @@ async def _run_sources(
             for source in sources:
                 outlet = Outlet(entry, run.settler)  # type: ignore[arg-type]
                 run.outlets.append(outlet)
+                outlet.instrument(run.telemetry, source.label)
                 if run.draining:
                     outlet.stop()
                 nursery.start_soon(run.guard, source.label, lambda s=source, o=outlet: one(s, o))

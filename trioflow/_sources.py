@@ -25,6 +25,7 @@ from ._validate import describe
 if TYPE_CHECKING:
     from ._acking import Settler
     from ._queue import ChunkQueue
+    from ._telemetry import Telemetry
 
 __all__ = [
     "AsyncGenSource",
@@ -53,7 +54,7 @@ class Outlet:
     exactly that many from its system.
     """
 
-    __slots__ = ("_handing", "_queue", "_settler", "_stopping", "scope")
+    __slots__ = ("_handing", "_label", "_queue", "_settler", "_stopping", "_tel", "scope")
 
     def __init__(self, queue: ChunkQueue, settler: Settler) -> None:
         self._queue = queue
@@ -62,6 +63,25 @@ class Outlet:
         self.scope = trio.CancelScope()
         self._handing = False
         self._stopping = False
+        self._tel: Telemetry | None = None
+        self._label = ""
+
+    def instrument(self, telemetry: Telemetry, label: str) -> None:
+        """Emit the buffering events (demand, enqueued, buffer_full) of source ``label``."""
+        if any(
+            getattr(telemetry, f"has_{hook}", False)
+            for hook in ("demand", "enqueued", "buffer_full")
+        ):
+            self._tel = telemetry
+            self._label = label
+
+    def _emit_put(self, count: int, room: int) -> None:
+        # room: what fitted before this put; the put filled the buffer when it took all of it
+        tel = self._tel
+        assert tel is not None
+        tel.emit("enqueued", self._label, count)
+        if count >= room:
+            tel.emit("buffer_full", self._label)
 
     def stop(self) -> None:
         """Stop the source for a graceful drain: cancel it now, or once its hand-over is done.
@@ -85,6 +105,8 @@ class Outlet:
             # stopped while the wait was already ending: the scope is cancelled, so this raises
             # Cancelled here, before the source pulls anything it could not hand over
             await trio.lowlevel.checkpoint()
+        if self._tel is not None:
+            self._tel.emit("demand", self._label, room)
         return room
 
     async def send(self, item: Any) -> None:
@@ -106,9 +128,11 @@ class Outlet:
         # returns the put cannot block (nothing runs in between).
         self._handing = True
         try:
-            await self._queue.wait_free()
+            room = await self._queue.wait_free()
             self._settler.received += 1
             await self._queue.put(value, item)
+            if self._tel is not None:
+                self._emit_put(1, room)
         finally:
             self._handed_over()
 
@@ -135,12 +159,15 @@ class Outlet:
         self._handing = True
         try:
             while start < n:
-                end = min(n, start + await queue.wait_free())
+                room = await queue.wait_free()
+                end = min(n, start + room)
                 self._settler.received += end - start
                 if start == 0 and end == n:
                     await queue.put_many(values, origins)
                 else:
                     await queue.put_many(values[start:end], origins[start:end])
+                if self._tel is not None:
+                    self._emit_put(end - start, room)
                 start = end
         finally:
             self._handed_over()

@@ -53,6 +53,15 @@ class Instrument:
     def ack(self, acknowledger: Any, successful: int, failed: int) -> None:
         """An acknowledger was called for ``successful`` + ``failed`` messages."""
 
+    def demand(self, source: str, room: int) -> None:
+        """``source`` asked the pipeline how much it can take: ``room`` items fit now."""
+
+    def enqueued(self, source: str, items: int) -> None:
+        """``source`` handed ``items`` items over to the pipeline's entry buffer."""
+
+    def buffer_full(self, source: str) -> None:
+        """A hand-over by ``source`` filled the entry buffer: it waits for demand now."""
+
 
 _HOOKS = tuple(
     name
