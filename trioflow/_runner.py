@@ -23,6 +23,8 @@ import trio
 
 from ._acking import Settler
 from ._exceptions import PipelineError
+from ._graph import Graph, graph_of, stage_kind, stage_order
+from ._metrics import SNAPSHOT_VERSION, Meter, MeteredEntry, Rates, source_figures
 from ._operators import _batch, _process, _rate_limit, _route, _transform
 from ._operators._context import Emitter, StageContext, Terminal
 from ._pipeline import Pipeline
@@ -53,8 +55,28 @@ class PipelineHandle:
 
     @property
     def metrics(self) -> RunReport:
-        """A live snapshot of the run's figures."""
+        """A live snapshot of the run's figures (per stage: ``in_flight``, ``queued``, ...)."""
         return self._run.report()
+
+    @property
+    def graph(self) -> Graph:
+        """The stage graph being run (ids match :meth:`snapshot`'s ``stages``)."""
+        return graph_of(self._run.topology)
+
+    @property
+    def state(self) -> str:
+        """``"running"``, ``"draining"`` (a graceful stop began) or ``"stopped"``."""
+        return self._run.state()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The live figures as plain JSON-able data, with rates over the last few seconds.
+
+        See docs/observability.md for the keys. Cheap enough to call a few times a second.
+
+        Examples:
+            >>> json.dumps(handle.snapshot())
+        """
+        return self._run.snapshot()
 
     @property
     def report(self) -> RunReport | None:
@@ -72,13 +94,26 @@ class _Run:
     """The state of one run."""
 
     def __init__(
-        self, topology: Topology, settler: Settler, telemetry: Telemetry, stop: trio.Event | None
+        self,
+        topology: Topology,
+        settler: Settler,
+        telemetry: Telemetry,
+        stop: trio.Event | None,
+        meter: Meter,
     ) -> None:
         self.topology = topology
         self.settler = settler
         self.telemetry = telemetry
         self.stop = stop
         self.histograms: dict[str, Histogram] = {n.label: Histogram() for n in topology.nodes}
+        self.meter = meter
+        self.contexts = [
+            StageContext(n.label, settler, self.histograms[n.label], telemetry, self.meter)
+            for n in topology.nodes
+        ]
+        self.queues: list[ChunkQueue] = []
+        self.sources: list[Source[Any]] = []
+        self.rates = Rates()
         self.crash: tuple[str, BaseException] | None = None
         self.started = trio.current_time()
         self.ended: float | None = None
@@ -94,9 +129,31 @@ class _Run:
         for outlet in self.outlets:
             outlet.stop()
 
+    def state(self) -> str:
+        if self.ended is not None:
+            return "stopped"
+        return "draining" if self.draining else "running"
+
+    def elapsed(self) -> float:
+        return (self.ended if self.ended is not None else trio.current_time()) - self.started
+
+    def stage_stats(self, idx: int) -> StageStats:
+        ctx = self.contexts[idx]
+        queued = len(self.queues[idx]) if self.queues else 0
+        return StageStats.of(
+            ctx.histogram,
+            busy=ctx.busy,
+            workers=ctx.workers,
+            failed=ctx.failed,
+            in_flight=queued + ctx.active,
+            queued=queued,
+            capacity=self.topology.nodes[idx].buffer,
+        )
+
     def report(self) -> RunReport:
         s = self.settler
-        elapsed = (self.ended if self.ended is not None else trio.current_time()) - self.started
+        elapsed = self.elapsed()
+        self.meter.progress()
         return RunReport(
             received=s.received,
             acked=s.acked,
@@ -107,8 +164,82 @@ class _Run:
             unsettled=s.received - s.acked - s.failed,
             elapsed=elapsed,
             throughput=s.received / elapsed if elapsed > 0 else 0.0,
-            stages={label: StageStats.of(h) for label, h in self.histograms.items()},
+            stages={n.label: self.stage_stats(i) for i, n in enumerate(self.topology.nodes)},
+            dead_lettered=self.meter.dead_lettered,
+            end_to_end=StageStats.of(self.meter.latency),
+            sources=self.source_figures(),
         )
+
+    def source_figures(self) -> dict[str, dict[str, float]]:
+        figures = {}
+        for source in self.sources:
+            got = source_figures(source)
+            if got:
+                figures[source.label] = got
+        return figures
+
+    def snapshot(self) -> dict[str, Any]:
+        report = self.report()
+        order = stage_order(self.topology)
+        stats = [report.stages[self.topology.nodes[i].label] for i in order]
+        s = self.settler
+        counters = (
+            float(s.received),
+            float(s.acked + s.failed),
+            float(s.failed),
+            *(float(st.count) for st in stats),
+            *(st.busy for st in stats),
+        )
+        elapsed = report.elapsed
+        rates = self.rates.update(trio.current_time(), counters)
+        if rates is None:  # the first sample: means over the run so far
+            rates = tuple(c / elapsed if elapsed > 0 else 0.0 for c in counters)
+        k = len(stats)
+        stages = []
+        for i, (idx, st) in enumerate(zip(order, stats, strict=True)):
+            node = self.topology.nodes[idx]
+            stages.append(
+                {
+                    "id": f"s{i}",
+                    "name": node.label,
+                    "kind": stage_kind(node.stage),
+                    "workers": st.workers,
+                    "count": st.count,
+                    "rate": rates[3 + i],
+                    "busy": min(1.0, rates[3 + k + i] / max(1, st.workers)),
+                    "in_flight": st.in_flight,
+                    "queued": st.queued,
+                    "capacity": st.capacity,
+                    "fill": st.queued / st.capacity if st.capacity else 0.0,
+                    "failed": st.failed,
+                    "p50": st.p50,
+                    "p95": st.p95,
+                    "p99": st.p99,
+                }
+            )
+        e2e = report.end_to_end
+        return {
+            "version": SNAPSHOT_VERSION,
+            "state": self.state(),
+            "elapsed": elapsed,
+            "totals": {
+                "received": report.received,
+                "acked": report.acked,
+                "failed": report.failed,
+                "unsettled": report.unsettled,
+                "retried": report.retried,
+                "filtered": report.filtered,
+                "dead_lettered": report.dead_lettered,
+                "failed_by_reason": report.failed_by_reason,
+                "ingest_rate": rates[0],
+                "settle_rate": rates[1],
+                "failure_rate": rates[2],
+                "throughput": report.throughput,
+            },
+            "end_to_end": {"count": e2e.count, "p50": e2e.p50, "p95": e2e.p95, "p99": e2e.p99},
+            "stages": stages,
+            "sources": report.sources,
+        }
 
     async def guard(self, label: str, fn: Callable[[], Awaitable[None]]) -> None:
         """Run one task; a crash is recorded (first wins) and cancels the whole run."""
@@ -144,15 +275,19 @@ async def run_pipeline(
     if not isinstance(drain_timeout, (int, float)) or not drain_timeout >= 0:
         raise ValueError(f"drain_timeout={drain_timeout!r} must be a non-negative number")
     topology = compile_pipeline(pipeline, ack_buffer=ACK_BUFFER)
-    settler = Settler(pipeline.failure_handler, ACK_BUFFER)
     tel = Telemetry(_instruments(telemetry))
-    run = _Run(topology, settler, tel, stop)
-    if tel.has_pipeline_start:  # type: ignore[attr-defined]
+    meter = Meter()
+    handler = pipeline.failure_handler
+    if handler is not None:
+        handler = meter.failure_handler(handler, _on_dead_letter(tel))
+    settler = meter.settler = Settler(handler, ACK_BUFFER)
+    run = _Run(topology, settler, tel, stop, meter)
+    if tel.has_pipeline_start:
         tel.emit("pipeline_start", pipeline)
 
-    queues = [ChunkQueue(node.buffer, node.label) for node in topology.nodes]
-    end = Terminal(settler, collect)
-    drop = Terminal(settler, None)
+    queues = run.queues = [ChunkQueue(node.buffer, node.label) for node in topology.nodes]
+    end = Terminal(settler, collect, run.meter)
+    drop = Terminal(settler, None, run.meter)
 
     def target(idx: int) -> Emitter:
         return end if idx == TERMINAL else queues[idx]
@@ -165,20 +300,23 @@ async def run_pipeline(
             for source in topology.sources:
                 try:
                     sources.append(await stack.enter_async_context(source.open()))
+                    run.sources = sources
                 except Exception as error:
                     raise PipelineError(
                         source.label, f"source {source.label!r} could not open: {error!r}"
                     ) from error
             async with trio.open_nursery() as outer:
                 run.outer = outer.cancel_scope
-                outer.start_soon(run.guard, "acknowledger", lambda: settler.run_acker(_on_ack(tel)))
+                outer.start_soon(
+                    run.guard, "acknowledger", lambda: settler.run_acker(_on_ack(tel, run.meter))
+                )
                 if pipeline.failure_handler is not None:
                     outer.start_soon(run.guard, "on_failure", settler.run_failure_handler)
                 if stop is not None:
                     outer.start_soon(_watch_stop, run, stop, drain_timeout, watcher, sources_scope)
                 async with trio.open_nursery() as inner:
                     for idx, node in enumerate(topology.nodes):
-                        ctx = StageContext(node.label, settler, run.histograms[node.label], tel)
+                        ctx = run.contexts[idx]
                         for fn in _node_tasks(node, queues[idx], target, drop, ctx):
                             inner.start_soon(run.guard, node.label, fn)
                     entry = target(topology.entry)
@@ -195,15 +333,24 @@ async def run_pipeline(
         raise PipelineError(label, f"stage {label!r} stopped the pipeline: {exc!r}") from exc
     run.final = report = run.report()
     run.done.set()
-    if tel.has_pipeline_stop:  # type: ignore[attr-defined]
+    if tel.has_pipeline_stop:
         tel.emit("pipeline_stop", report)
     return report
 
 
-def _on_ack(tel: Telemetry) -> Callable[[Any, int, int], None] | None:
-    if not tel.has_ack:  # type: ignore[attr-defined]
+def _on_ack(tel: Telemetry, meter: Meter) -> Callable[[Any, int, int], None]:
+    def on_ack(acknowledger: Any, ok: int, failed: int) -> None:
+        meter.progress()
+        if tel.has_ack:
+            tel.emit("ack", acknowledger, ok, failed)
+
+    return on_ack
+
+
+def _on_dead_letter(tel: Telemetry) -> Callable[[int], None] | None:
+    if not tel.has_dead_letter:
         return None
-    return lambda acknowledger, ok, failed: tel.emit("ack", acknowledger, ok, failed)
+    return lambda count: tel.emit("dead_letter", count)
 
 
 def _node_tasks(
@@ -244,7 +391,7 @@ async def _run_sources(
     with scope:
         async with trio.open_nursery() as nursery:
             for source in sources:
-                outlet = Outlet(entry, run.settler)  # type: ignore[arg-type]
+                outlet = Outlet(MeteredEntry(entry, run.meter), run.settler)  # type: ignore[arg-type]
                 run.outlets.append(outlet)
                 outlet.instrument(run.telemetry, source.label)
                 if run.draining:
@@ -261,10 +408,13 @@ async def _watch_stop(
 ) -> None:
     with watcher:
         await stop.wait()
-        if run.telemetry.has_drain_start:  # type: ignore[attr-defined]
+        if run.telemetry.has_drain_start:
             run.telemetry.emit("drain_start")
         run.stop_sources()
         await trio.sleep(drain_timeout)
         # past the deadline: stop everything; what is in flight stays un-acked
+        if run.telemetry.has_drain_expired:
+            s = run.settler
+            run.telemetry.emit("drain_expired", s.received - s.acked - s.failed)
         assert run.outer is not None
         run.outer.cancel()

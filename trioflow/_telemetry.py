@@ -30,13 +30,22 @@ class Instrument:
     """
 
     def pipeline_start(self, pipeline: Any) -> None:
-        """The run started (``pipeline`` is the :class:`~trioflow.Pipeline`)."""
+        """The run started (``pipeline`` is the :class:`~trioflow.Pipeline`), before any task."""
 
     def pipeline_stop(self, report: RunReport) -> None:
-        """The run ended with ``report``."""
+        """The run ended normally (input exhausted, or a drain) with ``report``."""
 
     def drain_start(self) -> None:
         """A graceful drain began: sources stopped pulling."""
+
+    def drain_expired(self, unsettled: int) -> None:
+        """The drain passed its deadline: ``unsettled`` messages are left un-acked."""
+
+    def stage_start(self, stage: str, items: int) -> None:
+        """A worker of ``stage`` took a chunk of ``items`` items to work on."""
+
+    def stage_stop(self, stage: str, items: int, seconds: float) -> None:
+        """A worker of ``stage`` finished a chunk of ``items`` items in ``seconds``."""
 
     def stage_exception(self, stage: str, data: Any, exc: BaseException) -> None:
         """A call in ``stage`` raised ``exc`` for ``data`` (before retries are decided)."""
@@ -47,8 +56,14 @@ class Instrument:
     def failure(self, stage: str, data: Any, reason: BaseException | str) -> None:
         """An item failed in ``stage`` (it goes to failure handling)."""
 
+    def batch_start(self, stage: str) -> None:
+        """``stage`` opened a new batch (its timer, if any, starts now)."""
+
     def batch(self, stage: str, size: int, trigger: str) -> None:
         """``stage`` emitted a batch of ``size`` items (``trigger``: size, timeout or flush)."""
+
+    def dead_letter(self, messages: int) -> None:
+        """``messages`` failed messages were handed to the ``on_failure`` handler."""
 
     def ack(self, acknowledger: Any, successful: int, failed: int) -> None:
         """An acknowledger was called for ``successful`` + ``failed`` messages."""
@@ -71,10 +86,29 @@ _HOOKS = tuple(
 
 
 class Telemetry:
-    """Dispatches events to the instruments that override each hook."""
+    """Dispatches events to the instruments that override each hook.
+
+    ``has_<hook>`` is true while some instrument overrides ``<hook>``: hot loops test it and skip
+    building an event nobody listens to.
+    """
+
+    has_pipeline_start: bool
+    has_pipeline_stop: bool
+    has_drain_start: bool
+    has_drain_expired: bool
+    has_stage_start: bool
+    has_stage_stop: bool
+    has_stage_exception: bool
+    has_retry: bool
+    has_failure: bool
+    has_batch_start: bool
+    has_batch: bool
+    has_dead_letter: bool
+    has_ack: bool
 
     def __init__(self, instruments: list[Instrument]) -> None:
         self._instruments = list(instruments)
+        self._logged: set[int] = set()
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -94,13 +128,20 @@ class Telemetry:
             try:
                 getattr(instrument, hook)(*args)
             except Exception:
-                logger.exception(
-                    "trioflow: instrument %r raised in %s(); it is removed from this run",
-                    instrument,
-                    hook,
-                )
-                self._instruments.remove(instrument)
-                self._rebuild()
+                self._remove(instrument, hook)
+
+    def _remove(self, instrument: Instrument, hook: str) -> None:
+        if instrument not in self._instruments:  # already removed (listed twice)
+            return
+        if id(instrument) not in self._logged:
+            self._logged.add(id(instrument))
+            logger.exception(
+                "trioflow: instrument %r raised in %s(); it is removed from this run",
+                instrument,
+                hook,
+            )
+        self._instruments = [i for i in self._instruments if i is not instrument]
+        self._rebuild()
 
     def __bool__(self) -> bool:
         return bool(self._instruments)

@@ -53,7 +53,8 @@ async def _run(
 
     async def emit(key: Any, batch: _Open, trigger: str) -> None:
         del open_[key]
-        if telemetry.has_batch:  # type: ignore[attr-defined]
+        ctx.active -= len(batch.values)
+        if telemetry.has_batch:
             telemetry.emit("batch", label, len(batch.values), trigger)
         # a batch stage's latency: how long its items waited for the batch to leave
         ctx.histogram.add(trio.current_time() - batch.opened, len(batch.values))
@@ -75,8 +76,9 @@ async def _run(
             now = trio.current_time()
             if got is not _TIMEOUT:
                 values, origins = got
+                ctx.active += len(values)
                 if key_fn is None:
-                    await _add_unkeyed(open_, values, origins, size, now, timeout, emit)
+                    await _add_unkeyed(open_, values, origins, size, now, timeout, emit, ctx)
                 else:
                     await _add_keyed(open_, values, origins, size, now, timeout, key_fn, emit, ctx)
             for key in [k for k, b in open_.items() if b.deadline <= now]:
@@ -96,12 +98,15 @@ async def _add_unkeyed(
     now: float,
     timeout: float,
     emit: Callable[[Any, _Open, str], Awaitable[None]],
+    ctx: StageContext,
 ) -> None:
     i, n = 0, len(values)
     while i < n:
         batch = open_.get(None)
         if batch is None:
             batch = open_[None] = _Open(now, timeout)
+            if ctx.telemetry.has_batch_start:
+                ctx.telemetry.emit("batch_start", ctx.label)
         j = min(n, i + size - len(batch.values))
         batch.values.extend(values[i:j])
         batch.origins.extend(origins[i:j])
@@ -129,11 +134,14 @@ async def _add_keyed(
         except Exception as exc:  # a bad key: failing key_fn or unhashable key
             if isinstance(exc, Fatal):
                 raise
+            ctx.active -= 1
             ctx.fail(origin, value, exc)
             failed = True
             continue
         if batch is None:
             batch = open_[key] = _Open(now, timeout)
+            if ctx.telemetry.has_batch_start:
+                ctx.telemetry.emit("batch_start", ctx.label)
         batch.values.append(value)
         batch.origins.append(origin)
         if len(batch.values) >= size:

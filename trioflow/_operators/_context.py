@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, final
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 from trio.lowlevel import checkpoint_if_cancelled
 
@@ -12,6 +12,9 @@ from .._report import Histogram
 from .._telemetry import Telemetry
 from .._topology import TERMINAL_DEMAND
 from .._validate import describe
+
+if TYPE_CHECKING:
+    from .._metrics import Meter
 
 __all__ = ["Emitter", "StageContext", "Terminal", "is_fatal"]
 
@@ -35,9 +38,12 @@ class Terminal:
     waiting = 0
     capacity = 1 << 30
 
-    def __init__(self, settler: Settler, collect: list[Any] | None) -> None:
+    def __init__(
+        self, settler: Settler, collect: list[Any] | None, meter: Meter | None = None
+    ) -> None:
         self._settler = settler
         self._collect = collect
+        self._meter = meter
 
     def add_producer(self) -> None:
         pass
@@ -52,6 +58,8 @@ class Terminal:
         if self._collect is not None:
             self._collect.extend(values)
         self._settler.ok(origins)
+        if self._meter is not None:
+            self._meter.progress()
         await self._settler.room()
 
     async def wait_free(self) -> int:
@@ -62,17 +70,56 @@ class Terminal:
 
 @final
 class StageContext:
-    """Shared by the workers of one stage."""
+    """Shared by the workers of one stage, with the stage's figures.
 
-    __slots__ = ("histogram", "label", "settler", "telemetry")
+    Workers keep the figures per chunk, not per item: ``active`` (items taken and not done),
+    ``busy`` (seconds workers held a chunk, summed over workers), ``failed`` (items failed here),
+    and the per-item latency ``histogram``.
+    """
+
+    __slots__ = (
+        "active",
+        "busy",
+        "failed",
+        "histogram",
+        "label",
+        "meter",
+        "settler",
+        "telemetry",
+        "workers",
+    )
 
     def __init__(
-        self, label: str, settler: Settler, histogram: Histogram, telemetry: Telemetry
+        self,
+        label: str,
+        settler: Settler,
+        histogram: Histogram,
+        telemetry: Telemetry,
+        meter: Meter | None = None,
     ) -> None:
         self.label = label
         self.settler = settler
         self.histogram = histogram
         self.telemetry = telemetry
+        self.meter = meter
+        self.active = 0
+        self.busy = 0.0
+        self.failed = 0
+        self.workers = 1
+
+    def chunk_start(self, items: int) -> None:
+        """A worker took ``items`` items (call once per chunk)."""
+        self.active += items
+        if self.telemetry.has_stage_start:
+            self.telemetry.emit("stage_start", self.label, items)
+
+    def chunk_stop(self, items: int, seconds: float) -> None:
+        """A worker is done with a chunk of ``items`` that it held for ``seconds``."""
+        self.active -= items
+        self.busy += seconds
+        self.histogram.add(seconds / items, items)
+        if self.telemetry.has_stage_stop:
+            self.telemetry.emit("stage_stop", self.label, items, seconds)
 
     def fail(self, origin: Any, value: Any, reason: BaseException | str) -> None:
         """Fail one item: note the stage and item on the exception, and settle as failed."""
@@ -81,9 +128,12 @@ class StageContext:
             notes = getattr(reason, "__notes__", ())
             if note not in notes:
                 reason.add_note(note)
-        if self.telemetry.has_failure:  # type: ignore[attr-defined]
+        self.failed += 1
+        if self.telemetry.has_failure:
             self.telemetry.emit("failure", self.label, value, reason)
         self.settler.fail(origin, reason)
+        if self.meter is not None:
+            self.meter.progress()
 
 
 def is_fatal(exc: BaseException) -> bool:

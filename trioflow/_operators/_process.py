@@ -46,6 +46,7 @@ def tasks(
         return _partitioned(node, stage, inq, out, ctx, call, is_async)
     take = node.buffer if n == 1 else max(1, node.buffer // n)
     seq = _Sequencer() if stage.ordered and n > 1 else None
+    ctx.workers = n
     for _ in range(n):
         out.add_producer()
     return [
@@ -105,7 +106,7 @@ def _with_retry(fn: Call, is_async: bool, stage: Process[Any, Any], ctx: StageCo
                 _exception_event(ctx, value, exc)
                 delay = policy.backoff.delay(attempt)
                 settler.retried += 1
-                if telemetry.has_retry:  # type: ignore[attr-defined]
+                if telemetry.has_retry:
                     telemetry.emit("retry", ctx.label, value, attempt + 1, exc, delay)
             await trio.sleep(delay)
             attempt += 1
@@ -142,7 +143,6 @@ async def worker(
     seq: _Sequencer | None,
 ) -> None:
     """Take chunks from ``inq`` until it ends; call ``call`` per item; hand results to ``out``."""
-    histogram = ctx.histogram
     clock = trio.current_time
     terminal = isinstance(out, Terminal)
     try:
@@ -155,6 +155,8 @@ async def worker(
             if seq is not None:
                 ticket = seq.next_ticket
                 seq.next_ticket += 1
+            n = len(values)
+            ctx.chunk_start(n)
             started = clock()
             inputs = (
                 [_view(v, o) for v, o in zip(values, origins, strict=True)] if messages else values
@@ -183,6 +185,10 @@ async def worker(
                         # what is done instead of holding it until the chunk is through
                         hi = len(results)
                         await _emit(out, ctx, inputs, results, origins, failures, lo, hi, messages)
+                        # account for what was handed over, so live figures move with it
+                        now = clock()
+                        ctx.chunk_stop(hi - lo, now - started)
+                        started = now
                         lo = hi
                         last = perf_counter()
             else:
@@ -204,14 +210,14 @@ async def worker(
             if seq is not None:
                 seq.turn += 1
                 seq.lot.unpark_all()
-            n = len(values)
-            histogram.add((clock() - started) / n, n)
+            if n > lo:
+                ctx.chunk_stop(n - lo, clock() - started)
     finally:
         out.close_producer()
 
 
 def _exception_event(ctx: StageContext, value: Any, exc: BaseException) -> None:
-    if ctx.telemetry.has_stage_exception:  # type: ignore[attr-defined]
+    if ctx.telemetry.has_stage_exception:
         ctx.telemetry.emit("stage_exception", ctx.label, value, exc)
 
 
@@ -287,6 +293,7 @@ def _partitioned(
     assert key_fn is not None
     per_worker = max(1, node.buffer // n)
     queues = [ChunkQueue(per_worker, f"{ctx.label}[{i}]") for i in range(n)]
+    ctx.workers = n
     for q in queues:
         q.add_producer()
     for _ in range(n):

@@ -40,6 +40,7 @@ async def _run(
             values, origins = got
             started = clock()
             i, n = 0, len(values)
+            ctx.chunk_start(n)
             while i < n:
                 now = clock()
                 while released and released[0] <= now - per:
@@ -55,6 +56,6 @@ async def _run(
                     values if whole else values[i:j], origins if whole else origins[i:j]
                 )
                 i = j
-            ctx.histogram.add((clock() - started) / n, n)
+            ctx.chunk_stop(n, clock() - started)
     finally:
         out.close_producer()

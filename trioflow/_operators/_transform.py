@@ -39,6 +39,7 @@ async def _filter(
             if got is None:
                 return
             values, origins = got
+            ctx.chunk_start(len(values))
             started = clock()
             keep_v: list[Any] = []
             keep_o: list[Any] = []
@@ -61,7 +62,7 @@ async def _filter(
             if keep_v:
                 await out.put_many(keep_v, keep_o)
             await settler.room()
-            ctx.histogram.add((clock() - started) / len(values), len(values))
+            ctx.chunk_stop(len(values), clock() - started)
     finally:
         out.close_producer()
 
@@ -86,6 +87,7 @@ async def _flat_map(inq: ChunkQueue, out: Emitter, ctx: StageContext, fn: Any, t
             if got is None:
                 return
             values, origins = got
+            ctx.chunk_start(len(values))
             started = clock()
             out_v: list[Any] = []
             out_o: list[Any] = []
@@ -129,6 +131,6 @@ async def _flat_map(inq: ChunkQueue, out: Emitter, ctx: StageContext, fn: Any, t
             if out_v:
                 await out.put_many(out_v, out_o)
             await settler.room()
-            ctx.histogram.add((clock() - started) / len(values), len(values))
+            ctx.chunk_stop(len(values), clock() - started)
     finally:
         out.close_producer()
