@@ -1,0 +1,1 @@
+"""trioflow's benchmark suite: ``python -m bench`` (see docs/performance.md)."""

@@ -1,0 +1,132 @@
+"""Helpers shared by the workloads: stage functions, slurry sections, memory readings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any
+
+import trio
+
+#: channel / queue capacity of the hand-written peers (trioflow's DEFAULT_BUFFER is 256 too)
+BUF = 256
+
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def ru_maxrss_kb() -> int:
+    """``getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux).
+
+    On Linux it survives ``execve``: a fresh child starts with its parent's peak (the runner's),
+    so it cannot show a peak below that. :func:`peak_rss_kb` reads the figure of this process's
+    own address space instead.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def peak_rss_kb() -> int:
+    """Peak resident set size of this process's address space (VmHWM), in KiB.
+
+    Falls back to ``ru_maxrss`` where /proc is not there.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return ru_maxrss_kb()
+
+
+def rss_kb() -> int:
+    """Current resident set size (from /proc/self/statm), in KiB."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE_KB
+    except OSError:  # not Linux: fall back to the peak
+        return peak_rss_kb()
+
+
+# -- the functions every implementation awaits -----------------------------------------------
+
+
+async def double(x: int) -> int:
+    return x * 2
+
+
+async def inc(x: int) -> int:
+    return x + 1
+
+
+async def triple(x: int) -> int:
+    return x * 3
+
+
+async def dec(x: int) -> int:
+    return x - 1
+
+
+async def trio_checkpoint(x: int) -> int:
+    await trio.lowlevel.checkpoint()  # what trio.sleep(0) does
+    return x
+
+
+async def aio_checkpoint(x: int) -> int:
+    await asyncio.sleep(0)
+    return x
+
+
+async def trio_sleep_1ms(x: int) -> int:
+    await trio.sleep(0.001)
+    return x
+
+
+async def aio_sleep_1ms(x: int) -> int:
+    await asyncio.sleep(0.001)
+    return x
+
+
+def w2_expected(n: int) -> dict[str, int]:
+    """W2/W6: ``dec(triple(inc(i)))`` summed over ``range(n)``."""
+    return {"sum": sum(3 * (i + 1) - 1 for i in range(n)), "count": n}
+
+
+# -- slurry: it has no concurrent async map, so the idiomatic way is a TrioSection ------------
+
+
+def slurry_sections() -> tuple[type, type]:
+    """``(AsyncMap, Drain)`` section classes (imported lazily: slurry is optional)."""
+    from slurry.environments import TrioSection
+
+    class AsyncMap(TrioSection):  # type: ignore[misc]
+        """Await ``fn`` per item, with ``n`` concurrent workers."""
+
+        def __init__(self, fn: Callable[[Any], Awaitable[Any]], n: int = 1) -> None:
+            self.fn = fn
+            self.n = n
+
+        async def refine(self, input: AsyncIterable[Any], output: Any) -> None:
+            fn = self.fn
+            if self.n == 1:
+                async for item in input:
+                    await output(await fn(item))
+                return
+            send, recv = trio.open_memory_channel[Any](0)
+
+            async def work(r: trio.MemoryReceiveChannel[Any]) -> None:
+                async with r:
+                    async for item in r:
+                        await output(await fn(item))
+
+            async with trio.open_nursery() as nursery:
+                async with recv:
+                    for _ in range(self.n):
+                        nursery.start_soon(work, recv.clone())
+                async with send:
+                    async for item in input:
+                        await send.send(item)
+
+    return AsyncMap, TrioSection

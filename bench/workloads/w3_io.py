@@ -1,0 +1,187 @@
+"""W3 I/O-bound: process(n=100) of a function that sleeps 1 ms."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import trio
+
+from ._common import BUF, aio_sleep_1ms, slurry_sections, trio_sleep_1ms
+
+TITLE = "W3 I/O-bound"
+DESCRIPTION = "{n} ints -> process(n=100) of a function that sleeps 1 ms -> a sink that sums"
+METRIC = "time"
+SIZES = {"default": {"n": 20_000}, "quick": {"n": 500}}
+WORKERS = 100
+
+
+def expected(p: dict[str, Any]) -> dict[str, int]:
+    n = p["n"]
+    return {"sum": n * (n - 1) // 2, "count": n}
+
+
+def run_trioflow(p: dict[str, Any]) -> dict[str, Any]:
+    import trioflow as tf
+
+    total = {"sum": 0, "count": 0}
+
+    async def acc(x: int) -> None:
+        total["sum"] += x
+        total["count"] += 1
+
+    pipeline = (
+        tf.from_iterable(range(p["n"])) | tf.process(trio_sleep_1ms, n=WORKERS) | tf.sink(acc)
+    )
+    trio.run(pipeline.run)
+    return total
+
+
+def run_trio(p: dict[str, Any]) -> dict[str, Any]:
+    """A worker pool of 100 tasks between two memory channels."""
+    total = {"sum": 0, "count": 0}
+
+    async def main() -> None:
+        s1, r1 = trio.open_memory_channel[int](BUF)
+        s2, r2 = trio.open_memory_channel[int](BUF)
+
+        async def source() -> None:
+            async with s1:
+                for i in range(p["n"]):
+                    await s1.send(i)
+
+        async def worker(r: trio.MemoryReceiveChannel[int], s: trio.MemorySendChannel[int]) -> None:
+            async with r, s:
+                async for x in r:
+                    await s.send(await trio_sleep_1ms(x))
+
+        async def sink() -> None:
+            async with r2:
+                async for x in r2:
+                    total["sum"] += x
+                    total["count"] += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(source)
+            async with r1, s2:
+                for _ in range(WORKERS):
+                    nursery.start_soon(worker, r1.clone(), s2.clone())
+            nursery.start_soon(sink)
+
+    trio.run(main)
+    return total
+
+
+def run_asyncio(p: dict[str, Any]) -> dict[str, Any]:
+    total = {"sum": 0, "count": 0}
+    end = object()
+
+    async def main() -> None:
+        q1: asyncio.Queue[Any] = asyncio.Queue(BUF)
+        q2: asyncio.Queue[Any] = asyncio.Queue(BUF)
+
+        async def source() -> None:
+            for i in range(p["n"]):
+                await q1.put(i)
+            for _ in range(WORKERS):
+                await q1.put(end)
+
+        async def worker() -> None:
+            while (x := await q1.get()) is not end:
+                await q2.put(await aio_sleep_1ms(x))
+            await q2.put(end)
+
+        async def sink() -> None:
+            ended = 0
+            while ended < WORKERS:
+                x = await q2.get()
+                if x is end:
+                    ended += 1
+                    continue
+                total["sum"] += x
+                total["count"] += 1
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(source())
+            for _ in range(WORKERS):
+                tg.create_task(worker())
+            tg.create_task(sink())
+
+    asyncio.run(main())
+    return total
+
+
+def run_slurry(p: dict[str, Any]) -> dict[str, Any]:
+    from slurry import Pipeline
+
+    async_map, _ = slurry_sections()
+    total = {"sum": 0, "count": 0}
+
+    async def source() -> Any:
+        for i in range(p["n"]):
+            yield i
+
+    async def main() -> None:
+        async with (
+            Pipeline.create(source(), async_map(trio_sleep_1ms, WORKERS)) as pipeline,
+            pipeline.tap() as out,
+        ):
+            async for x in out:
+                total["sum"] += x
+                total["count"] += 1
+
+    trio.run(main)
+    return total
+
+
+def run_aiostream(p: dict[str, Any]) -> dict[str, Any]:
+    from aiostream import pipe, stream
+
+    total = {"sum": 0, "count": 0}
+
+    async def main() -> None:
+        xs = stream.iterate(range(p["n"])) | pipe.map(
+            aio_sleep_1ms, task_limit=WORKERS, ordered=False
+        )
+        async with xs.stream() as out:
+            async for x in out:
+                total["sum"] += x
+                total["count"] += 1
+
+    asyncio.run(main())
+    return total
+
+
+def run_pypeln(p: dict[str, Any]) -> dict[str, Any]:
+    import pypeln as pl
+
+    total = {"sum": 0, "count": 0}
+
+    async def main() -> None:
+        stage = pl.task.map(aio_sleep_1ms, range(p["n"]), workers=WORKERS, maxsize=BUF)
+        async for x in stage:
+            total["sum"] += x
+            total["count"] += 1
+
+    asyncio.run(main())
+    return total
+
+
+IMPLS = {
+    "trioflow": run_trioflow,
+    "trio": run_trio,
+    "asyncio": run_asyncio,
+    "slurry": run_slurry,
+    "aiostream": run_aiostream,
+    "pypeln": run_pypeln,
+}
+NOTES = {
+    "trio": "a worker pool of 100 tasks between two memory channels",
+    "slurry": "100 workers in a TrioSection",
+    "aiostream": "asyncio; map(task_limit=100, ordered=False)",
+    "pypeln": "pypeln.task (asyncio), workers=100",
+}
+SKIPPED = {
+    "sequential": "no concurrency: it would take n x 1 ms (20 s); the limit with 100 workers "
+    "is n x 1 ms / 100 = 0.2 s",
+}
