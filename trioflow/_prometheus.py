@@ -1,0 +1,209 @@
+"""Prometheus exposition of a running pipeline's figures (needs ``trioflow[prometheus]``).
+
+The figures are read when Prometheus scrapes, from the pipeline's own thread: nothing is
+recorded twice, and a pipeline nobody scrapes pays nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._http import serve_http
+
+if TYPE_CHECKING:
+    from ._runner import PipelineHandle
+
+__all__ = ["prometheus_collector", "prometheus_text", "serve_metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
+
+
+def _client() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise ImportError(
+            "Prometheus exposition needs 'prometheus-client': "
+            "install it with pip install 'trioflow[prometheus]'"
+        ) from exc
+    return prometheus_client
+
+
+def prometheus_collector(handle: PipelineHandle, *, pipeline: str = "") -> Any:
+    """A ``prometheus_client`` collector for ``handle``: register it in your own registry.
+
+    Every sample carries a ``pipeline`` label (``pipeline=``, default empty) so several
+    pipelines can share a registry.
+
+    Examples:
+        >>> from prometheus_client import REGISTRY
+        >>> REGISTRY.register(prometheus_collector(handle, pipeline="import"))
+    """
+    _client()
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+    class _Collector:
+        def describe(self) -> list[Any]:
+            return []
+
+        def collect(self) -> Iterator[Any]:
+            run = handle._run
+            report = run.report()
+            base = ["pipeline"]
+            lv = [pipeline]
+
+            def counter(name: str, doc: str, value: float) -> Any:
+                c = CounterMetricFamily(name, doc, labels=base)
+                c.add_metric(lv, value)
+                return c
+
+            yield counter("trioflow_received", "Messages handed over by sources.", report.received)
+            yield counter("trioflow_acked", "Messages acked as successful.", report.acked)
+            failed = CounterMetricFamily(
+                "trioflow_failed", "Messages acked as failed, by reason.", labels=[*base, "reason"]
+            )
+            for reason, count in sorted(report.failed_by_reason.items()):
+                failed.add_metric([*lv, reason], count)
+            yield failed
+            yield counter("trioflow_retried", "Retry calls.", report.retried)
+            yield counter("trioflow_filtered", "Messages dropped by a filter.", report.filtered)
+            yield counter(
+                "trioflow_dead_lettered",
+                "Failed messages handed to the on_failure handler.",
+                report.dead_lettered,
+            )
+            unsettled = GaugeMetricFamily(
+                "trioflow_in_flight", "Messages received and not settled yet.", labels=base
+            )
+            unsettled.add_metric(lv, report.unsettled)
+            yield unsettled
+            draining = GaugeMetricFamily(
+                "trioflow_draining", "1 while a graceful drain is under way.", labels=base
+            )
+            draining.add_metric(lv, 1.0 if run.state() == "draining" else 0.0)
+            yield draining
+
+            e2e = Metric(
+                "trioflow_end_to_end_latency_seconds",
+                "From hand-over by the source to settlement.",
+                "summary",
+            )
+            name = "trioflow_end_to_end_latency_seconds"
+            for q, attr in _QUANTILES:
+                e2e.add_sample(
+                    name, {"pipeline": pipeline, "quantile": q}, getattr(report.end_to_end, attr)
+                )
+            e2e.add_sample(name + "_count", {"pipeline": pipeline}, report.end_to_end.count)
+            e2e.add_sample(name + "_sum", {"pipeline": pipeline}, run.meter.latency.total)
+            yield e2e
+
+            sl = [*base, "stage"]
+            items = CounterMetricFamily("trioflow_stage_items", "Items done by a stage.", labels=sl)
+            stage_failed = CounterMetricFamily(
+                "trioflow_stage_failed", "Items failed in a stage.", labels=sl
+            )
+            busy = CounterMetricFamily(
+                "trioflow_stage_busy_seconds",
+                "Seconds a stage's workers held work, summed over workers.",
+                labels=sl,
+            )
+            workers = GaugeMetricFamily("trioflow_stage_workers", "Workers of a stage.", labels=sl)
+            in_flight = GaugeMetricFamily(
+                "trioflow_stage_in_flight", "Items in a stage: queued or worked on.", labels=sl
+            )
+            queued = GaugeMetricFamily(
+                "trioflow_stage_queued", "Items in a stage's input buffer.", labels=sl
+            )
+            capacity = GaugeMetricFamily(
+                "trioflow_stage_capacity", "Size of a stage's input buffer, in items.", labels=sl
+            )
+            lat = Metric(
+                "trioflow_stage_latency_seconds",
+                "Per-item time in a stage (for a batch: the wait for the batch to leave).",
+                "summary",
+            )
+            lname = "trioflow_stage_latency_seconds"
+            for label, st in report.stages.items():
+                v = [*lv, label]
+                items.add_metric(v, st.count)
+                stage_failed.add_metric(v, st.failed)
+                busy.add_metric(v, st.busy)
+                workers.add_metric(v, st.workers)
+                in_flight.add_metric(v, st.in_flight)
+                queued.add_metric(v, st.queued)
+                capacity.add_metric(v, st.capacity)
+                labels = {"pipeline": pipeline, "stage": label}
+                for q, attr in _QUANTILES:
+                    lat.add_sample(lname, {**labels, "quantile": q}, getattr(st, attr))
+                lat.add_sample(lname + "_count", labels, st.count)
+                lat.add_sample(lname + "_sum", labels, run.histograms[label].total)
+            yield from (items, stage_failed, busy, workers, in_flight, queued, capacity, lat)
+
+            for source, figures in report.sources.items():
+                for key, value in figures.items():
+                    g = GaugeMetricFamily(
+                        f"trioflow_source_{_metric_name(key)}",
+                        f"Reported by the source: {key}.",
+                        labels=[*base, "source"],
+                    )
+                    g.add_metric([*lv, source], value)
+                    yield g
+
+    return _Collector()
+
+
+def _metric_name(key: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", key).lower() or "value"
+
+
+def prometheus_text(handle: PipelineHandle, *, pipeline: str = "") -> bytes:
+    """The Prometheus text exposition of ``handle``'s figures (what ``/metrics`` serves).
+
+    Examples:
+        >>> print(prometheus_text(handle).decode())
+    """
+    client = _client()
+    registry = client.CollectorRegistry(auto_describe=False)
+    registry.register(prometheus_collector(handle, pipeline=pipeline))
+    text: bytes = client.generate_latest(registry)
+    return text
+
+
+async def serve_metrics(
+    handle: PipelineHandle,
+    *,
+    port: int = 9464,
+    host: str = "127.0.0.1",
+    pipeline: str = "",
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``/metrics`` (Prometheus) and ``/metrics.json`` (the snapshot) until cancelled.
+
+    Start it next to the pipeline: ``port = await nursery.start(serve_metrics, handle)``;
+    ``task_status`` gets the bound port (pass ``port=0`` for any free one). Without
+    ``prometheus-client`` installed, ``/metrics.json`` still works and ``/metrics`` answers
+    with the install hint.
+
+    Examples:
+        >>> async with trio.open_nursery() as nursery:
+        ...     handle = await nursery.start(pipeline.serve)
+        ...     await nursery.start(serve_metrics, handle)
+    """
+    import json
+
+    def metrics() -> tuple[str, bytes]:
+        try:
+            return CONTENT_TYPE, prometheus_text(handle, pipeline=pipeline)
+        except ImportError as exc:
+            return "text/plain; charset=utf-8", f"# {exc}\n".encode()
+
+    def snapshot() -> tuple[str, bytes]:
+        return "application/json", json.dumps(handle.snapshot()).encode()
+
+    routes = {"/metrics": metrics, "/metrics.json": snapshot}
+    await serve_http(routes, host=host, port=port, task_status=task_status)
