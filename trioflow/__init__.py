@@ -9,6 +9,8 @@ Examples:
     >>> report = trio.run(pipeline.run)
 """
 
+from ._consumer import Consumer as Consumer
+from ._consumer import ConsumerContext as ConsumerContext
 from ._decode import DecodeError as DecodeError
 from ._decode import decode as decode
 from ._exceptions import Fatal as Fatal
@@ -16,6 +18,8 @@ from ._exceptions import InvalidPipeline as InvalidPipeline
 from ._exceptions import PipelineError as PipelineError
 from ._exceptions import StageTimeout as StageTimeout
 from ._exceptions import TrioflowError as TrioflowError
+from ._manager import ConsumerManager as ConsumerManager
+from ._manager import ConsumerStatus as ConsumerStatus
 from ._message import Message as Message
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import collect as collect
@@ -42,6 +46,10 @@ from ._stages import stage as stage
 __all__ = [
     "DEFAULT_BUFFER",
     "Backoff",
+    "Consumer",
+    "ConsumerContext",
+    "ConsumerManager",
+    "ConsumerStatus",
     "DecodeError",
     "Fatal",
     "InvalidPipeline",
