@@ -28,7 +28,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import attrs
 import trio
@@ -172,13 +172,20 @@ def print_report(report: tf.RunReport, args: argparse.Namespace) -> None:
     print(f"retried    {report.retried:>8}")
     print(f"unsettled  {report.unsettled:>8}")
     if args.sink == "sqlite":
-        with sqlite3.connect(args.out / "events.db") as db:
-            rows = db.execute("SELECT count(*) FROM events").fetchone()[0]
-        print(f"rows in db {rows:>8}")
+        print(f"rows in db {count_rows(args.out / 'events.db'):>8}")
     print(f"elapsed    {report.elapsed:>8.2f} s   ({report.throughput:,.0f} events/s)")
     print("stage latency (p50 / p99, ms):")
     for name, s in report.stages.items():
         print(f"  {name:<24} {s.p50 * 1e3:>8.3f} {s.p99 * 1e3:>8.3f}   ({s.count} items)")
+
+
+def count_rows(db: Path) -> int:
+    """Rows in the demo's SQLite table (0 before the first run)."""
+    try:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser, default_out: Path) -> None:
@@ -203,7 +210,7 @@ def parse(argv: list[str] | None, default_out: Path) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare(args: argparse.Namespace) -> None:
+def prepare(args: argparse.Namespace, log: TextIO = sys.stdout) -> None:
     """Create the output folder; start over with ``--fresh``; generate the input if missing."""
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +220,8 @@ def prepare(args: argparse.Namespace) -> None:
     if args.source == "file" and not (out / "events.jsonl").exists():
         started = time.perf_counter()
         generate(out / "events.jsonl", args.events)
-        print(f"generated {args.events} events in {time.perf_counter() - started:.2f} s")
+        took = time.perf_counter() - started
+        print(f"generated {args.events} events in {took:.2f} s", file=log, flush=True)
 
 
 async def main(argv: list[str] | None = None, default_out: Path | None = None) -> tf.RunReport:

@@ -164,7 +164,10 @@ class _Run:
             unsettled=s.received - s.acked - s.failed,
             elapsed=elapsed,
             throughput=s.received / elapsed if elapsed > 0 else 0.0,
-            stages={n.label: self.stage_stats(i) for i, n in enumerate(self.topology.nodes)},
+            stages={
+                self.topology.nodes[i].label: self.stage_stats(i)
+                for i in stage_order(self.topology)
+            },
             dead_lettered=self.meter.dead_lettered,
             end_to_end=StageStats.of(self.meter.latency),
             sources=self.source_figures(),
