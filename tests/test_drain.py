@@ -99,7 +99,7 @@ async def test_serve_with_handle(autojump_clock: trio.testing.MockClock) -> None
         await trio.sleep(5.5)
         metrics = handle.metrics
         assert isinstance(metrics, tf.RunReport)
-        assert metrics.acked == 4  # chunks of two, done at 2 and 4 s
+        assert metrics.acked == 5  # each acked as its call finished, at 1, 2, 3, 4, 5 s
         assert handle.report is None
         assert handle.stop() is None  # returns at once
         handle.stop()  # idempotent

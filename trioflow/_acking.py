@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from operator import attrgetter
 from typing import Any, final
 
 from trio.lowlevel import ParkingLot
@@ -28,6 +29,9 @@ from ._message import NOOP_ACKNOWLEDGER, Message, reason_key
 __all__ = ["FailureHandler", "Fanout", "Group", "Settler"]
 
 FailureHandler = Callable[[list[Message[Any]]], Awaitable[None] | None]
+
+
+_acknowledger_of = attrgetter("acknowledger")
 
 
 @final
@@ -50,6 +54,9 @@ class Fanout:
         self.origin = origin
         self.remaining = 0
         self.reason: BaseException | str | None = None
+
+
+_TICKETS = frozenset({Message, Group, Fanout})
 
 
 @final
@@ -82,8 +89,24 @@ class Settler:
 
     def ok(self, origins: list[Any]) -> None:
         """Settle ``origins`` as successful."""
-        raw = 0
+        # Fast paths, at C speed: a chunk of plain data (only counted), or of messages that
+        # all have real acknowledgers (queued for the acker) or none (counted).
+        kinds = set(map(type, origins))
+        if not kinds & _TICKETS:
+            self.acked += len(origins)
+            return
         ok = self._ok
+        if len(kinds) == 1 and Message in kinds:
+            noop = list(map(_acknowledger_of, origins)).count(NOOP_ACKNOWLEDGER)
+            if noop == 0:
+                ok.extend(origins)
+                if self._ack_lot:
+                    self._ack_lot.unpark()
+                return
+            if noop == len(origins):
+                self.acked += noop
+                return
+        raw = 0
         before = len(ok)
         for o in origins:
             t = type(o)
@@ -225,6 +248,10 @@ class Settler:
 def _by_acknowledger(
     ok: list[Message[Any]], failed: list[Message[Any]]
 ) -> list[tuple[Any, list[Message[Any]], list[Message[Any]]]]:
+    if not failed and ok:
+        first = ok[0].acknowledger
+        if len(set(map(id, map(_acknowledger_of, ok)))) == 1:  # one source: the usual case
+            return [(first, ok, [])]
     # keyed by identity: an acknowledger need not be hashable
     groups: dict[int, tuple[Any, list[Message[Any]], list[Message[Any]]]] = {}
     last: Any = None

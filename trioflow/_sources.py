@@ -13,6 +13,7 @@ import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from itertools import islice
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, final
 
 import attrs
@@ -43,6 +44,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+_data_of = attrgetter("data")
+_status_of = attrgetter("status")
 
 
 @final
@@ -140,7 +145,10 @@ class Outlet:
         """Hand over several items (the list is kept: do not reuse it)."""
         if not items:
             return
-        if Message in set(map(type, items)):
+        kinds = set(map(type, items))
+        if kinds == {Message} and "failed" not in set(map(_status_of, items)):
+            values, origins = list(map(_data_of, items)), items  # messages only: C speed
+        elif Message in kinds:
             failed = [m for m in items if type(m) is Message and m.status == "failed"]
             if failed:
                 self._settler.received += len(failed)

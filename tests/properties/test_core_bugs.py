@@ -1,10 +1,9 @@
-"""Core bugs the properties found: minimal reproductions, expected to fail until fixed."""
+"""Core bugs the properties found, as minimal reproductions (fixed; kept as regressions)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import trio
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -13,12 +12,6 @@ import trioflow as tf
 from trioflow.testing import Expected, check_pipeline
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a process worker keeps a finished result while it awaits the next call of "
-    "its chunk, unless the next stage is parked at that instant; the result then waits for the "
-    "slower call (here 0.7 s instead of 0)",
-)
 @example(delays=[0.0, 0.0, 0.7])
 @given(delays=st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0]), max_size=8))
 def test_a_finished_item_is_not_held_behind_a_slower_one(delays: list[float]) -> None:

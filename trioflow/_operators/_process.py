@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
-from time import perf_counter
 from typing import Any
 
 import trio
@@ -22,16 +21,11 @@ from .._message import Message
 from .._queue import ChunkQueue
 from .._stages import Process
 from .._topology import Node
-from ._context import Emitter, StageContext, Terminal
+from ._context import Emitter, StageContext, task_steps
 
 __all__ = ["tasks"]
 
 Call = Callable[[Any], Any]
-
-#: At the end of the pipeline (a sink), results are settled, and so acked, at least this often
-#: (seconds of real time) while a chunk is worked through, so a slow sink does not hold back the
-#: acks of the items it has finished.
-SETTLE_EVERY = 0.001
 
 
 def tasks(
@@ -144,7 +138,10 @@ async def worker(
 ) -> None:
     """Take chunks from ``inq`` until it ends; call ``call`` per item; hand results to ``out``."""
     clock = trio.current_time
-    terminal = isinstance(out, Terminal)
+    task = trio.lowlevel.current_task()
+    # Whether this stage's calls wait (I/O): then results are handed over one by one as they
+    # finish; calls that never wait are handed over by the chunk, which is what makes them cheap.
+    suspends = False
     try:
         while True:
             got = await inq.get(take, share)
@@ -166,8 +163,8 @@ async def worker(
             failures: list[int] | None = None
             lo = 0
             if is_async:
-                last = perf_counter()
                 for value in inputs:
+                    before = task_steps(task)
                     try:
                         append(await call(value))
                     except Exception as exc:
@@ -178,11 +175,11 @@ async def worker(
                         failures.append(len(results))
                         append(exc)
                         _exception_event(ctx, value, exc)
-                    if seq is None and (
-                        out.waiting or (terminal and perf_counter() - last >= SETTLE_EVERY)
-                    ):
-                        # the next stage is idle (or, at the end, time has passed): hand over
-                        # what is done instead of holding it until the chunk is through
+                    if task_steps(task) != before:
+                        suspends = True
+                    if seq is None and (suspends or out.waiting):
+                        # The call waited (so the next one may wait long: hand over what is
+                        # done rather than hold it), or the next stage is idle and hungry.
                         hi = len(results)
                         await _emit(out, ctx, inputs, results, origins, failures, lo, hi, messages)
                         # account for what was handed over, so live figures move with it
@@ -190,7 +187,6 @@ async def worker(
                         ctx.chunk_stop(hi - lo, now - started)
                         started = now
                         lo = hi
-                        last = perf_counter()
             else:
                 for value in inputs:
                     try:
