@@ -118,6 +118,16 @@ class RabbitServer:
         except OSError:
             return False
 
+    def close_all_connections(self) -> None:
+        """The broker closes every client connection (as a restart or a network cut would)."""
+        subprocess.run(
+            [str(SERVER.parent / "rabbitmqctl"), "-n", self.node, "close_all_connections", "test"],
+            env=self.env(),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
     def stop(self) -> None:
         for proc in (self.proc, self.epmd):
             if proc is None:
