@@ -1,0 +1,596 @@
+"""HTTP with httpx: a polling or paginated source and a batch sink, on a client you own.
+
+The client is injected: its transport, pool limits, timeouts, auth and base URL are yours (and
+tests can give it an ``httpx.MockTransport``). Install with ``pip install 'trioflow[http]'``.
+
+:class:`HttpSource` GETs a URL and emits the records of each response: once, following
+pagination (a next link or a cursor), or on an interval (polling), with conditional requests
+(``If-None-Match`` / ``If-Modified-Since``) so an unchanged resource costs a 304 and emits
+nothing. A page is fetched only when the pipeline has room for at least one record.
+
+:class:`HttpSink` POSTs each item, or each batch as one JSON array (or sends a request you
+build), and retries connection errors, timeouts, 5xx and 429 (honouring ``Retry-After``) with
+backoff. Any other 4xx fails the batch's messages with :class:`HttpStatusError`, whose message
+has the status and an excerpt of the body.
+
+Errors of httpx are translated at the boundary (``raise ... from``)::
+
+    TrioflowError
+    └── HttpError                        base of this connector's errors
+        ├── HttpTransportError (ConnectionError)   the request did not get an answer
+        │   └── HttpTimeout (TimeoutError)         connect/read/write/pool timeout
+        └── HttpStatusError              the server answered with an error status
+
+Examples:
+    >>> async with httpx.AsyncClient(base_url="https://api.example.com") as client:
+    ...     source = HttpSource(client, "/events", next_page=cursor("next_cursor"))
+    ...     out = HttpSink(client, "/archive")
+    ...     await (source | tf.batch(100, 1.0) | tf.sink(out, n=4)).run()
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, final
+
+import attrs
+import trio
+
+from .._exceptions import TrioflowError
+from .._message import Message
+from .._retry import Backoff, Retry
+from .._sources import Outlet, Source
+from ._lazy import require
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "HttpError",
+    "HttpSink",
+    "HttpSource",
+    "HttpStatusError",
+    "HttpTimeout",
+    "HttpTransportError",
+    "cursor",
+    "link_next",
+    "parse_retry_after",
+    "url_field",
+]
+
+#: What ``next_page`` returns: the next URL, query parameters for the next request, or ``None``.
+NextPage: TypeAlias = "str | httpx.URL | Mapping[str, Any] | None"
+
+_EXCERPT = 200
+
+
+class HttpError(TrioflowError):
+    """Base of the HTTP connector's errors."""
+
+
+class HttpTransportError(HttpError, ConnectionError):
+    """The request got no answer: connection refused or reset, protocol error, timeout."""
+
+
+@final
+class HttpTimeout(HttpTransportError, TimeoutError):
+    """A connect, read, write or pool timeout of the client elapsed."""
+
+
+@final
+class HttpStatusError(HttpError):
+    """The server answered with an error status.
+
+    Attributes:
+        status_code: the HTTP status.
+        body: an excerpt of the response body (at most 200 characters).
+        retry_after: the delay the server asked for (``Retry-After``), in seconds, if any.
+    """
+
+    def __init__(
+        self, message: str, status_code: int, body: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP date.
+
+    ``now`` is the wall-clock time (``time.time()`` when not given) an HTTP date is measured
+    from. A date in the past gives 0; an unparseable value gives ``None``.
+
+    Examples:
+        >>> parse_retry_after("120")
+        120.0
+        >>> parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0)
+        10.0
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT by definition
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _excerpt(response: httpx.Response) -> str:
+    try:
+        text = response.text
+    except Exception:  # an undecodable body must not hide the status
+        text = repr(response.content[:_EXCERPT])
+    text = " ".join(text.split())
+    return text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "..."
+
+
+def _status_error(response: httpx.Response) -> HttpStatusError:
+    request = response.request
+    body = _excerpt(response)
+    phrase = response.reason_phrase or require("httpx", "http").codes.get_reason_phrase(
+        response.status_code
+    )
+    message = f"HTTP {response.status_code} {phrase} from {request.method} {request.url}"
+    if body:
+        message += f": {body}"
+    return HttpStatusError(
+        message, response.status_code, body, parse_retry_after(response.headers.get("retry-after"))
+    )
+
+
+def _transport_error(exc: Exception, request: httpx.Request | None) -> HttpError:
+    httpx_ = require("httpx", "http")
+    where = f"{request.method} {request.url}" if request is not None else "request"
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx_.TimeoutException):
+        return HttpTimeout(f"{where}: {type(exc).__name__}: {text}")
+    if isinstance(exc, httpx_.UnsupportedProtocol):
+        return HttpError(f"{where}: {text}")
+    if isinstance(exc, httpx_.TransportError):
+        return HttpTransportError(f"{where}: {type(exc).__name__}: {text}")
+    return HttpError(f"{where}: {type(exc).__name__}: {text}")
+
+
+def _transient(error: HttpError) -> bool:
+    if isinstance(error, HttpStatusError):
+        return error.status_code == 429 or error.status_code >= 500
+    return isinstance(error, HttpTransportError)
+
+
+_DEFAULT_RETRY = Retry(attempts=5, backoff=Backoff.exponential(0.2, max=10.0, jitter=True))
+
+
+@final
+class _Sender:
+    """Send a request with retries; the policy shared by the source and the sink."""
+
+    def __init__(self, client: httpx.AsyncClient, retry: Retry, max_retry_after: float) -> None:
+        self.client = client
+        self.retry = retry
+        self.max_retry_after = max_retry_after
+        self.retried = 0
+
+    async def send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
+        """The response (2xx or 3xx); :class:`HttpError` when retries are spent or futile."""
+        httpx_ = require("httpx", "http")
+        attempt = 1
+        while True:
+            request = build()
+            error: HttpError
+            try:
+                response = await self.client.send(request)
+            except httpx_.HTTPError as exc:
+                error = _transport_error(exc, getattr(exc, "_request", None) or request)
+                if not _transient(error) or attempt >= self.retry.attempts:
+                    raise error from exc
+            else:
+                if response.status_code < 400:
+                    return response
+                error = _status_error(response)
+                if not _transient(error):
+                    raise error
+                if attempt >= self.retry.attempts:
+                    raise HttpStatusError(
+                        f"{error} (after {attempt} attempts)",
+                        error.status_code,
+                        error.body,
+                        error.retry_after,
+                    )
+            delay = self.retry.backoff.delay(attempt)
+            if isinstance(error, HttpStatusError) and error.retry_after is not None:
+                if error.retry_after > self.max_retry_after:
+                    raise HttpStatusError(
+                        f"{error} (Retry-After {error.retry_after:g}s exceeds "
+                        f"max_retry_after={self.max_retry_after:g})",
+                        error.status_code,
+                        error.body,
+                        error.retry_after,
+                    )
+                delay = max(delay, error.retry_after)
+            self.retried += 1
+            attempt += 1
+            await trio.sleep(delay)
+
+
+# --- pagination helpers --------------------------------------------------------------------------
+
+
+def link_next(response: httpx.Response) -> str | None:
+    """``next_page`` for APIs with an RFC 8288 ``Link: <...>; rel="next"`` header.
+
+    Examples:
+        >>> source = HttpSource(client, "https://api.github.com/repos/python/cpython/issues",
+        ...                     next_page=link_next)
+    """
+    link = response.links.get("next")
+    if link is None or "url" not in link:
+        return None
+    return str(response.url.join(link["url"]))
+
+
+def cursor(field: str, param: str = "cursor") -> Callable[[httpx.Response], NextPage]:
+    """``next_page`` for cursor pagination: the JSON body's ``field`` goes in query ``param``.
+
+    A missing, null or empty cursor ends the pagination. ``field`` may be a dotted path
+    (``"meta.next"``).
+
+    Examples:
+        >>> source = HttpSource(client, "/events", next_page=cursor("next_cursor", "after"))
+    """
+
+    def next_page(response: httpx.Response) -> NextPage:
+        value = _dig(response.json(), field)
+        return {param: value} if value not in (None, "") else None
+
+    next_page.__name__ = f"cursor({field!r}, {param!r})"
+    return next_page
+
+
+def url_field(field: str) -> Callable[[httpx.Response], NextPage]:
+    """``next_page`` for APIs that put the next page's URL in the JSON body (``"next"``).
+
+    Examples:
+        >>> source = HttpSource(client, "/items?page=1", next_page=url_field("next"))
+    """
+
+    def next_page(response: httpx.Response) -> NextPage:
+        value = _dig(response.json(), field)
+        return str(response.url.join(value)) if value else None
+
+    next_page.__name__ = f"url_field({field!r})"
+    return next_page
+
+
+def _dig(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(data, Mapping):
+            return None
+        data = data.get(part)
+    return data
+
+
+def _json_records(response: httpx.Response) -> Iterable[Any]:
+    data = response.json()
+    return data if isinstance(data, list) else [data]
+
+
+# --- source --------------------------------------------------------------------------------------
+
+
+@final
+class HttpSource(Source[Any]):
+    """Records of HTTP responses: one pass over the pages, or polling on an interval.
+
+    Each response's records come from ``records(response)`` (by default the JSON body: a list
+    gives its elements, anything else one record). ``next_page(response)`` says where the next
+    page is (see :func:`link_next`, :func:`cursor`, :func:`url_field`): a URL, query
+    parameters for the first request's URL, or ``None`` at the end.
+
+    Without ``interval`` the source follows the pages once and ends. With ``interval`` it polls:
+    after the last page (or an empty one, or a 304) it waits ``interval`` seconds, then asks again
+    where it stopped: at the last cursor when ``next_page`` gave one (a feed), else at the first
+    URL (a resource, with conditional requests). ``until(response, records)`` returning true ends
+    the source after that page's records; so does ``max_pages``.
+
+    Conditional requests (``conditional=True``): a response's ``ETag`` and ``Last-Modified``
+    are sent back as ``If-None-Match`` and ``If-Modified-Since`` the next time the same URL is
+    asked for; a 304 emits nothing.
+
+    Connection errors, timeouts, 5xx and 429 are retried (``retry``; ``Retry-After`` honoured);
+    when retries are spent, or on another 4xx, the source raises :class:`HttpError` and the run
+    stops with a :class:`~trioflow.PipelineError` naming the source. A page whose records cannot
+    be extracted (malformed JSON, say) is handed over as one failed message (its data the body
+    excerpt) and ends that pass.
+
+    Each message's metadata has ``url``, ``status``, ``page`` (1-based in a pass) and ``index``
+    (in the page). Back-pressure: a page is asked for only when the pipeline has room; under
+    cancellation (a drain or a hard stop) the request in progress is abandoned.
+
+    Examples:
+        >>> async with httpx.AsyncClient(timeout=10) as client:
+        ...     source = HttpSource(client, "https://example.com/status.json", interval=30)
+        ...     await (source | tf.sink(store)).run(stop=stop)
+    """
+
+    _options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str | httpx.URL,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        records: Callable[[httpx.Response], Iterable[Any]] | None = None,
+        next_page: Callable[[httpx.Response], NextPage] | None = None,
+        interval: float | None = None,
+        until: Callable[[httpx.Response, list[Any]], bool] | None = None,
+        max_pages: int | None = None,
+        conditional: bool = True,
+        retry: Retry | None = None,
+        max_retry_after: float = 300.0,
+        name: str | None = None,
+    ) -> None:
+        if interval is not None and not (
+            isinstance(interval, (int, float)) and interval >= 0 and math.isfinite(interval)
+        ):
+            raise ValueError(f"interval={interval!r} must be a non-negative number of seconds")
+        if max_pages is not None and (not isinstance(max_pages, int) or max_pages < 1):
+            raise ValueError(f"max_pages={max_pages!r} must be a positive integer")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"retry={retry!r} must be a trioflow.Retry or None")
+        self.client = client
+        self.url = url
+        self.params = dict(params or {})
+        self.headers = dict(headers or {})
+        self.records = records or _json_records
+        self.next_page = next_page
+        self.interval = interval
+        self.until = until
+        self.max_pages = max_pages
+        self.conditional = conditional
+        self.retry = retry or _DEFAULT_RETRY
+        self.max_retry_after = max_retry_after
+        self.name = name
+
+    async def produce(self, out: Outlet) -> None:
+        httpx_ = require("httpx", "http")
+        sender = _Sender(self.client, self.retry, self.max_retry_after)
+        validators: dict[str, dict[str, str]] = {}
+        first = httpx_.URL(str(self.url)) if not isinstance(self.url, httpx_.URL) else self.url
+        url: httpx.URL | str = first
+        params: dict[str, Any] = dict(self.params)
+        page, pages = 0, 0
+        while True:
+            await out.demand()
+            target = self.client.build_request("GET", url, params=params or None).url
+            key = str(target)
+
+            def build(target: httpx.URL = target, key: str = key) -> httpx.Request:
+                headers = dict(self.headers)
+                if self.conditional:
+                    headers.update(validators.get(key, {}))
+                return self.client.build_request("GET", target, headers=headers)
+
+            response = await sender.send(build)
+            page += 1
+            pages += 1
+            records: list[Any] = []
+            nxt: NextPage = None
+            broken = False
+            if response.status_code != 304:
+                if self.conditional:
+                    self._remember(validators, key, response)
+                try:
+                    records = list(self.records(response))
+                except Exception as exc:
+                    broken = True
+                    reason = HttpError(
+                        f"could not extract records from GET {response.url}: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
+                    meta = {"url": key, "status": response.status_code, "page": page, "index": 0}
+                    await out.send(Message(_excerpt(response), meta).fail(reason))
+                if records:
+                    meta_url, status = str(response.url), response.status_code
+                    await out.send_many(
+                        [
+                            Message(
+                                r, {"url": meta_url, "status": status, "page": page, "index": i}
+                            )
+                            for i, r in enumerate(records)
+                        ]
+                    )
+                if not broken and self.next_page is not None:
+                    nxt = self.next_page(response)
+            if (self.until is not None and self.until(response, records)) or (
+                self.max_pages is not None and pages >= self.max_pages
+            ):
+                return
+            if nxt is not None and records:
+                url, params = self._follow(first, nxt)
+                continue
+            if self.interval is None:
+                return
+            await trio.sleep(self.interval)
+            page = 0
+            # a feed is asked again at its last cursor; a resource from its first URL
+            url, params = (
+                self._follow(first, nxt) if nxt is not None else (first, dict(self.params))
+            )
+
+    def _follow(self, first: httpx.URL, nxt: NextPage) -> tuple[httpx.URL | str, dict[str, Any]]:
+        if isinstance(nxt, Mapping):
+            return first, {**self.params, **nxt}
+        return nxt, {}  # type: ignore[return-value]
+
+    @staticmethod
+    def _remember(
+        validators: dict[str, dict[str, str]], key: str, response: httpx.Response
+    ) -> None:
+        found = {}
+        etag = response.headers.get("etag")
+        if etag:
+            found["If-None-Match"] = etag
+        modified = response.headers.get("last-modified")
+        if modified:
+            found["If-Modified-Since"] = modified
+        if found:
+            validators[key] = found
+
+    @property
+    def label(self) -> str:
+        return self.name or f"HttpSource({self.url})"
+
+    def __repr__(self) -> str:
+        return f"HttpSource({str(self.url)!r})"
+
+
+# --- sink ----------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if attrs.has(type(value)):
+        return attrs.asdict(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _args(error: HttpError, more: str) -> tuple[Any, ...]:
+    if isinstance(error, HttpStatusError):
+        return (f"{error}{more}", error.status_code, error.body, error.retry_after)
+    return (f"{error}{more}",)
+
+
+def _pool_size(client: Any) -> int | None:
+    # httpx keeps its limits private; read them where they live, or fall back
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    size = getattr(pool, "_max_connections", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+@final
+class HttpSink:
+    """POST items (or batches) as JSON, or send a request you build, with retries.
+
+    A batch (a list, from ``tf.batch``) is sent as one JSON array with ``batch="array"``, or as
+    one request per item with ``batch="each"`` (concurrently, at most ``concurrency`` at a time
+    across all the sink's calls). ``request(client, item_or_batch)`` builds the request yourself
+    (use ``client.build_request``); it is built anew for each attempt.
+
+    Connection errors, timeouts, 5xx and 429 are retried (``retry``: attempts and backoff; a
+    ``Retry-After`` longer than the backoff is waited instead, and one longer than
+    ``max_retry_after`` fails at once). A 4xx other than 429 fails every message of the call with
+    :class:`HttpStatusError` (status and body excerpt); so does a retryable error that outlasts
+    the retries. A POST retried after a timeout may reach the server twice: make the endpoint
+    idempotent (an id in the body) for exactly-once effects.
+
+    ``concurrency`` defaults to the client's pool size (``limits.max_connections``) when it can
+    be read, else 10; ``tf.sink(out, n=...)`` workers share it. While every slot is busy a call
+    waits, so back-pressure reaches the pipeline. Cancelling a call (a hard stop) abandons its
+    request; httpx drops that connection from the pool.
+
+    Examples:
+        >>> async with httpx.AsyncClient(base_url="http://127.0.0.1:8000") as client:
+        ...     out = HttpSink(client, "/ingest")
+        ...     await (source | tf.batch(100, 1.0) | tf.sink(out, n=4)).run()
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str | httpx.URL = "",
+        *,
+        method: str = "POST",
+        batch: Literal["array", "each"] = "array",
+        request: Callable[[httpx.AsyncClient, Any], httpx.Request] | None = None,
+        headers: Mapping[str, str] | None = None,
+        encode: Callable[[Any], Any] | None = None,
+        retry: Retry | None = None,
+        max_retry_after: float = 300.0,
+        concurrency: int | None = None,
+    ) -> None:
+        if batch not in ("array", "each"):
+            raise ValueError(f"batch={batch!r} must be 'array' or 'each'")
+        if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
+            raise ValueError(f"concurrency={concurrency!r} must be a positive integer")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"retry={retry!r} must be a trioflow.Retry or None")
+        if request is None and not str(url) and not str(getattr(client, "base_url", "")):
+            raise ValueError("HttpSink needs url= (or request=)")
+        self.client = client
+        self.url = url
+        self.method = method.upper()
+        self.batch = batch
+        self.request = request
+        self.headers = dict(headers or {})
+        self.encode = encode or _jsonable
+        self.concurrency = concurrency or _pool_size(client) or 10
+        self._sender = _Sender(client, retry or _DEFAULT_RETRY, max_retry_after)
+        self._slots = trio.Semaphore(self.concurrency)
+        self.sent = 0
+
+    @property
+    def retried(self) -> int:
+        """Requests retried so far."""
+        return self._sender.retried
+
+    async def __call__(self, item: Any) -> None:
+        if isinstance(item, list) and self.batch == "each":
+            if not item:
+                return
+            errors: list[HttpError] = []
+
+            async def one(x: Any) -> None:
+                try:
+                    await self._send_one(x)
+                except HttpError as error:
+                    errors.append(error)
+
+            async with trio.open_nursery() as nursery:
+                for x in item:
+                    nursery.start_soon(one, x)
+            if errors:
+                # the call fails as a whole (every message of the batch); name the first error
+                first = errors[0]
+                if len(errors) == 1:
+                    raise first
+                more = f" (and {len(errors) - 1} more of {len(item)})"
+                raise type(first)(*_args(first, more)) from first
+            return
+        await self._send_one(item)
+
+    async def _send_one(self, item: Any) -> None:
+        def build() -> httpx.Request:
+            if self.request is not None:
+                return self.request(self.client, item)
+            body = json.dumps(item, default=self.encode).encode()
+            headers = {"Content-Type": "application/json", **self.headers}
+            return self.client.build_request(self.method, self.url, content=body, headers=headers)
+
+        async with self._slots:
+            await self._sender.send(build)
+        self.sent += 1
+
+    @property
+    def __name__(self) -> str:  # for reprs: sink(HttpSink(...))
+        return f"HttpSink({self.method} {self.url})"
+
+    def __repr__(self) -> str:
+        return f"HttpSink({str(self.url)!r})"
