@@ -88,7 +88,9 @@ class RecordingAcknowledger:
         [1]
     """
 
-    def __init__(self, meter: InFlightMeter | None = None) -> None:
+    def __init__(self, meter: InFlightMeter | None = None, *, delay: float = 0.0) -> None:
+        #: seconds each ``ack`` call takes (a slow broker: settled messages back up behind it)
+        self.delay = delay
         self.acked: list[Any] = []
         self.failed: list[tuple[Any, Reason]] = []
         self.calls = 0
@@ -107,6 +109,8 @@ class RecordingAcknowledger:
     async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
         """Record a group of outcomes (and forward them); ``AssertionError`` on a double ack."""
         self.calls += 1
+        if self.delay:
+            await trio.sleep(self.delay)
         seqs = [m.metadata.get(SEQ) for m in successful]
         seqs += [m.metadata.get(SEQ) for m in failed]
         numbered = [s for s in seqs if s is not None]
@@ -191,7 +195,8 @@ class TestSource(_Recorded, Source[T], Generic[T]):
     ``src.acked`` lists the data acked as successful, in ack order; ``src.failed`` lists
     ``(data, reason)`` pairs; ``src.pulled`` counts items pulled (``src.pulled_data`` lists them).
     Every item pulled ends in exactly one of the lists, unless the run was hard-cancelled or its
-    drain timed out. Acking an item twice raises ``AssertionError`` in the acknowledger, which
+    drain timed out. ``ack_delay`` makes every ``ack`` call take that long (a slow broker).
+    Acking an item twice raises ``AssertionError`` in the acknowledger, which
     stops the run with :class:`~trioflow.PipelineError`. A ``TestSource`` records one run; build
     a fresh one per run.
 
@@ -204,10 +209,12 @@ class TestSource(_Recorded, Source[T], Generic[T]):
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, iterable: Iterable[T], *, name: str | None = None) -> None:
+    def __init__(
+        self, iterable: Iterable[T], *, name: str | None = None, ack_delay: float = 0.0
+    ) -> None:
         self.iterable = iterable
         self.name = name
-        self.acknowledger = RecordingAcknowledger()
+        self.acknowledger = RecordingAcknowledger(delay=ack_delay)
         self.pulled_data: list[T] = []
         self._stop_after: tuple[int, trio.Event] | None = None
 
