@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import trioflow as tf
+from trioflow import _runner
 from trioflow.testing import (
     Expected,
     Graph,
@@ -34,6 +35,21 @@ def test_generated_graphs_keep_every_invariant(graph: Graph, items: list[Token])
     """1-4 and 6 (size, keys): exactly-once acks, outputs and failures as the model says, bounded
     in flight, well-formed batches; for any graph, with any failure plan."""
     check_pipeline(graph, items)
+
+
+@given(pipelines(), tokens(), st.integers(1, 6), st.sampled_from([0.05, 1.0]))
+def test_generated_graphs_with_a_slow_acknowledger_and_a_tight_bound(
+    monkeypatch: pytest.MonkeyPatch,
+    graph: Graph,
+    items: list[Token],
+    ack_buffer: int,
+    ack_delay: float,
+) -> None:
+    """Invariant 4 where it bites: a small ack buffer and a slow broker back everything up."""
+    monkeypatch.setattr(_runner, "ACK_BUFFER", ack_buffer)
+    check_pipeline(
+        lambda src: graph(TestSource(src.iterable, ack_delay=ack_delay)), items, model=graph.model
+    )
 
 
 @given(pipelines(source="single", with_failures=False), tokens())
@@ -75,19 +91,32 @@ async def _slow(x: Any) -> Any:
         max_size=4,
     ),
     st.integers(0, 120),
+    st.integers(1, 8),
+    st.sampled_from([0.0, 0.05, 1.0]),
 )
 def test_in_flight_stays_within_the_documented_bound(
-    layers: list[tuple[int, int | None, bool]], count: int
+    monkeypatch: pytest.MonkeyPatch,
+    layers: list[tuple[int, int | None, bool]],
+    count: int,
+    ack_buffer: int,
+    ack_delay: float,
 ) -> None:
-    """Invariant 4 under real pressure: slow stages and small buffers fill every queue."""
+    """Invariant 4 under real pressure: slow stages, small buffers and a slow acknowledger fill
+    every queue, with an ack buffer small enough that the bound is tight."""
+    monkeypatch.setattr(_runner, "ACK_BUFFER", ack_buffer)
     fragment: Any = None
     for n, buffer, slow in layers:
         stage = tf.process(_slow if slow else (lambda x: x), n, buffer=buffer)
         fragment = stage if fragment is None else fragment | stage
     fragment = fragment | tf.sink(_slow, buffer=1)
-    result = check_pipeline(fragment, range(count), model=lambda xs: Expected(acked=list(xs)))
+    result = check_pipeline(
+        lambda _: TestSource(range(count), ack_delay=ack_delay) | fragment,
+        [],
+        model=lambda xs: Expected(acked=list(xs)),
+    )
     assert result.in_flight_bound is not None
     assert result.peak_in_flight <= result.in_flight_bound
+    assert result.report.received == count
 
 
 @given(
