@@ -127,9 +127,21 @@ class Process(Stage[In, Out]):
     messages: bool = False
     name: str | None = None
     terminal: bool = attrs.field(default=False, repr=False)
+    parallel: bool = False
 
     _options: ClassVar[frozenset[str]] = frozenset(
-        {"n", "ordered", "partition_by", "retry", "timeout", "buffer", "thread", "messages", "name"}
+        {
+            "n",
+            "ordered",
+            "partition_by",
+            "retry",
+            "timeout",
+            "buffer",
+            "thread",
+            "messages",
+            "name",
+            "parallel",
+        }
     )
 
     def __attrs_post_init__(self) -> None:
@@ -146,7 +158,17 @@ class Process(Stage[In, Out]):
         v.optional_positive_int("buffer", self.buffer)
         if self.thread and inspect.iscoroutinefunction(self.fn):
             raise TypeError(f"{where}({_name(self.fn)}): thread=True needs a plain (sync) function")
-        if self.timeout is not None and not self.thread and not self.is_async:
+        if self.parallel:
+            if self.thread:
+                raise ValueError(
+                    f"{where}({_name(self.fn)}): thread=True and parallel=True: choose one"
+                )
+            if self.is_async or self.messages:
+                raise TypeError(
+                    f"{where}({_name(self.fn)}): parallel=True runs a plain (sync) function of the "
+                    "data in worker processes"
+                )
+        if self.timeout is not None and not (self.thread or self.parallel or self.is_async):
             raise ValueError(
                 f"{where}({_name(self.fn)}): timeout needs an async function or thread=True "
                 "(a plain function called inline cannot be interrupted)"
@@ -192,11 +214,15 @@ def process(
     thread: bool = False,
     messages: bool = False,
     name: str | None = None,
+    parallel: bool = False,
 ) -> Process[In, Any]:
     """Run ``n`` concurrent calls of ``fn(item) -> item``.
 
-    ``async def`` functions are awaited; plain functions are called inline (or in a worker
-    thread with ``thread=True``). An exception fails that item, not the pipeline. With ``n=1``
+    ``async def`` functions are awaited; plain functions are called inline, or in a worker
+    thread with ``thread=True`` (blocking calls), or in worker processes with ``parallel=True``
+    (CPU-bound work over several cores, through trio-parallel: ``fn``, its items and results
+    must pickle, and the entry script must start the pipeline under
+    ``if __name__ == "__main__":``). An exception fails that item, not the pipeline. With ``n=1``
     input order is kept; with ``ordered=True`` it is kept for any ``n``; with
     ``partition_by=key`` items of equal keys go through one at a time, in input order.
     ``buffer`` (items, default :data:`DEFAULT_BUFFER`) bounds the stage's input queue.
@@ -207,7 +233,18 @@ def process(
         >>> decode_stage = process(decode, n=10, retry=Retry(attempts=3))
     """
     return Process(
-        fn, n, ordered, partition_by, retry, timeout, buffer, thread, messages, name, False
+        fn,
+        n,
+        ordered,
+        partition_by,
+        retry,
+        timeout,
+        buffer,
+        thread,
+        messages,
+        name,
+        False,
+        parallel,
     )
 
 

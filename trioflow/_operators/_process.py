@@ -9,6 +9,8 @@ does not hold finished items back.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -17,6 +19,7 @@ import trio
 from trio.lowlevel import ParkingLot
 
 from .._exceptions import Fatal, StageTimeout
+from .._lazy import require
 from .._message import Message
 from .._queue import ChunkQueue
 from .._stages import Process
@@ -61,12 +64,53 @@ def make_call(stage: Process[Any, Any], ctx: StageContext) -> tuple[Call, bool]:
             return await trio.to_thread.run_sync(sync_fn, value, abandon_on_cancel=abandon)
 
         fn, is_async = in_thread, True
+    if stage.parallel:
+        fn, is_async = _in_processes(fn, stage, ctx.label), True
     if stage.timeout is not None:
         fn = _with_timeout(fn, stage.timeout, ctx.label)
     if stage.retry is not None:
         fn = _with_retry(fn, is_async, stage, ctx)
         is_async = True
     return fn, is_async
+
+
+def _in_processes(fn: Call, stage: Process[Any, Any], label: str) -> Call:
+    """``parallel=True``: each call runs in a trio-parallel worker process."""
+    trio_parallel = require("trio_parallel", "parallel")
+    # as many calls in flight as workers: the default limiter would cap them at the core count
+    limiter = trio.CapacityLimiter(stage.n)
+    checked = False
+
+    async def in_process(value: Any) -> Any:
+        nonlocal checked
+        if not checked:
+            check_main_guard(label)  # raises in the worker: the run stops naming the stage
+            checked = True
+        try:
+            return await trio_parallel.run_sync(fn, value, kill_on_cancel=True, limiter=limiter)
+        except trio_parallel.BrokenWorkerError as exc:
+            raise RuntimeError(
+                f"stage {label!r}: its worker process died ({exc}); if the entry script starts "
+                'the pipeline at import time, put that under if __name__ == "__main__":'
+            ) from exc
+
+    return in_process
+
+
+def check_main_guard(label: str) -> None:
+    """Worker processes import the entry script: refuse one that would run the pipeline again."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not os.path.exists(path):
+        return  # an interactive session, -c, or a frozen program: nothing to re-import
+    with open(path, encoding="utf-8", errors="replace") as f:
+        source = f.read()
+    if "__main__" not in source:
+        raise Fatal(
+            f"stage {label!r} runs its function in worker processes (parallel=True), which "
+            f"import the entry script {path!r} again; put the code that runs the pipeline under "
+            'if __name__ == "__main__": so that importing it does not start it'
+        )
 
 
 def _with_timeout(fn: Call, timeout: float, label: str) -> Call:

@@ -1,16 +1,5 @@
-"""Optional dependencies, imported when a connector is used, with an error naming the extra."""
+"""Optional dependencies of connectors (see ``trioflow._lazy``)."""
 
-from __future__ import annotations
+from .._lazy import require as require
 
-import importlib
-from types import ModuleType
-
-
-def require(module: str, extra: str) -> ModuleType:
-    """Import ``module`` or raise ``ImportError`` saying which extra installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(
-            f"this connector needs {module!r}: install it with pip install 'trioflow[{extra}]'"
-        ) from exc
+__all__ = ["require"]
