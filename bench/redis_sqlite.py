@@ -97,7 +97,10 @@ def _count(db: Path) -> int:
 
 def _worker(argv: list[str]) -> None:
     port, db, consumer, total = int(argv[0]), Path(argv[1]), argv[2], int(argv[3])
-    trio.run(run_trioflow, port, db, consumer, total)
+    if consumer == "loop":
+        trio.run(run_loop, port, db, total)
+    else:
+        trio.run(run_trioflow, port, db, consumer, total)
 
 
 def measure(kind: str, port: int, entries: int, workdir: Path) -> float:
@@ -105,28 +108,27 @@ def measure(kind: str, port: int, entries: int, workdir: Path) -> float:
     db.unlink(missing_ok=True)
     trio.run(fill, port, entries)
     started = time.perf_counter()
-    if kind == "loop":
-        trio.run(run_loop, port, db, entries)
-    else:
-        procs = 2 if kind == "trioflow x2" else 1
-        workers = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.redis_sqlite",
-                    "--worker",
-                    str(port),
-                    str(db),
-                    f"c{i}",
-                    str(entries),
-                ]
-            )
-            for i in range(procs)
-        ]
-        for w in workers:
-            if w.wait() != 0:
-                raise RuntimeError(f"{kind}: a worker failed")
+    # every implementation runs in fresh processes, so each pays the same start-up
+    procs = 2 if kind == "trioflow x2" else 1
+    names = ["loop"] if kind == "loop" else [f"c{i}" for i in range(procs)]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.redis_sqlite",
+                "--worker",
+                str(port),
+                str(db),
+                name,
+                str(entries),
+            ]
+        )
+        for name in names
+    ]
+    for w in workers:
+        if w.wait() != 0:
+            raise RuntimeError(f"{kind}: a worker failed")
     elapsed = time.perf_counter() - started
     assert _count(db) == entries, f"{kind}: {_count(db)} rows, expected {entries}"
     return elapsed
