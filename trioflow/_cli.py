@@ -300,6 +300,7 @@ class _Outcome:
         self.hard_signal: int | None = None
         self.crash: PipelineError | None = None
         self.handle: PipelineHandle | None = None
+        self.scope: trio.CancelScope | None = None
 
 
 def _parse_hostport(text: str, option: str) -> tuple[str, int]:
@@ -351,6 +352,7 @@ async def run_with_cli(
             if resources is not None:
                 await stack.enter_async_context(resources)
             async with trio.open_nursery() as nursery:
+                outcome.scope = nursery.cancel_scope
                 nursery.start_soon(on_signals)
                 handle = await nursery.start(_serve, pipeline, opts, outcome)
                 if handle is not None:
@@ -388,6 +390,8 @@ async def _serve(
         outcome.crash = exc
         if not started:
             task_status.started(None)
+        elif outcome.scope is not None:
+            outcome.scope.cancel()  # stop waiting for the end of a run that crashed
 
 
 class _Status:
