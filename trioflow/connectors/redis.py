@@ -31,6 +31,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -161,10 +162,36 @@ class RedisStreamSource(Source[dict[str, str]]):
 class _RedisRun(Source[dict[str, str]]):
     """One run of a :class:`RedisStreamSource`: its client and acknowledger."""
 
+    #: how often (seconds) the group's lag and pending count are read with XINFO GROUPS
+    FIGURES_EVERY = 5.0
+
     def __init__(self, spec: RedisStreamSource, client: Any) -> None:
         self.spec = spec
         self.client = client
         self.acker = _StreamAcker(client, spec.stream, spec.group, spec.dead_letter)
+        self._figures: dict[str, float] = {}
+        self._figures_at = -math.inf
+
+    def source_metrics(self) -> dict[str, float]:
+        """The consumer group's ``lag`` (entries not yet delivered to it; Redis >= 7.0) and
+        ``pending`` (delivered, not acked), as last read (every :attr:`FIGURES_EVERY` s)."""
+        return dict(self._figures)
+
+    async def _refresh_figures(self) -> None:
+        now = trio.current_time()
+        if now - self._figures_at < self.FIGURES_EVERY:
+            return
+        self._figures_at = now
+        spec = self.spec
+        groups = await self.client.xinfo_groups(spec.stream)
+        for group in groups:
+            info = {_text(k): v for k, v in group.items()}
+            if _text(info.get("name", "")) != spec.group:
+                continue
+            figures = {"pending": float(info.get("pending") or 0)}
+            if info.get("lag") is not None:  # None: Redis cannot tell (or is older than 7.0)
+                figures["lag"] = float(info["lag"])
+            self._figures = figures
 
     @property
     def label(self) -> str:
@@ -190,6 +217,7 @@ class _RedisRun(Source[dict[str, str]]):
         block_ms = max(1, int(spec.block * 1000))
         while True:
             room = min(await out.demand(), spec.count)
+            await self._refresh_figures()
             if trio.current_time() >= next_claim:
                 claimed = await self._claim(room)
                 next_claim = trio.current_time() + spec.claim_every
@@ -311,6 +339,10 @@ class RedisStreamSink:
     @property
     def __name__(self) -> str:  # for reprs: sink(RedisStreamSink(...))
         return f"RedisStreamSink({self.stream})"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _fields(item: Any) -> Mapping[str, Any]:
