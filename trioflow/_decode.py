@@ -1,4 +1,11 @@
-"""``decode``: bytes, text or dicts into typed objects with cattrs, failing with clear reasons."""
+"""``decode``: bytes, text or dicts into typed objects with cattrs, failing with clear reasons.
+
+The default converter is strict, as a validator should be: cattrs on its own coerces (``"5"`` for
+a ``str`` from ``5``, ``1`` for an ``int`` from ``1.5`` or ``true``, ``[]`` for a ``list`` from
+``{}``), which would let wrong types through. Here ``int``, ``float``, ``str`` and ``bool`` accept
+only their JSON counterparts (an ``int`` is a fine ``float``; a ``bool`` is never a number) and a
+``list`` only an array. Pass ``converter=cattrs.Converter()`` to get cattrs' coercions back.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,13 @@ import json
 from typing import Any, Generic, Literal, TypeVar, final
 
 import cattrs
+from cattrs.cols import is_mutable_sequence, list_structure_factory
+from cattrs.v import format_exception
 
 from ._exceptions import TrioflowError
 from ._stages import Process, process
 
-__all__ = ["DecodeError", "Decoder", "decode"]
+__all__ = ["DecodeError", "Decoder", "decode", "strict_converter"]
 
 T = TypeVar("T")
 
@@ -25,6 +34,62 @@ class DecodeError(TrioflowError, ValueError):
     def __init__(self, message: str, errors: list[str]) -> None:
         super().__init__(message)
         self.errors = errors
+
+
+class _WrongType(TypeError):
+    """A value of the wrong JSON type; its message is the reason (``expected int, got str``)."""
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "str", bool: "bool", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _exact(cls: type[Any], accept: tuple[type[Any], ...]) -> Any:
+    def hook(value: Any, _: Any) -> Any:
+        if (isinstance(value, bool) and bool not in accept) or not isinstance(value, accept):
+            raise _WrongType(f"expected {cls.__name__}, got {_json_type(value)}")
+        return cls(value)
+
+    return hook
+
+
+def strict_converter() -> cattrs.Converter:
+    """The converter :func:`decode` uses by default: no coercion between JSON types.
+
+    Unknown fields are errors (``forbid_extra_keys``) and every problem is reported with its
+    path (``detailed_validation``).
+
+    Examples:
+        >>> strict_converter().structure({"id": "7"}, Invoice)  # raises: expected int, got str
+    """
+    c = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    c.register_structure_hook(int, _exact(int, (int,)))
+    c.register_structure_hook(float, _exact(float, (int, float)))
+    c.register_structure_hook(str, _exact(str, (str,)))
+    c.register_structure_hook(bool, _exact(bool, (bool,)))
+
+    def sequence(t: Any) -> Any:
+        inner = list_structure_factory(t, c)
+
+        def hook(value: Any, cl: Any) -> Any:
+            if not isinstance(value, (list, tuple)):
+                raise _WrongType(f"expected array, got {_json_type(value)}")
+            return inner(value, cl)
+
+        return hook
+
+    c.register_structure_hook_factory(is_mutable_sequence, sequence)
+    return c
+
+
+def _format(exc: BaseException, target: Any) -> str:
+    if isinstance(exc, _WrongType):
+        return str(exc)
+    text = format_exception(exc, target)
+    if text.startswith("unknown error"):
+        return f"{type(exc).__name__}: {exc}"
+    return text
 
 
 @final
@@ -42,9 +107,7 @@ class Decoder(Generic[T]):
             raise ValueError(f"format={format!r} must be 'json' or None")
         self.cls = cls
         self.format = format
-        self.converter = converter or cattrs.Converter(
-            forbid_extra_keys=True, detailed_validation=True
-        )
+        self.converter = converter or strict_converter()
         name = getattr(cls, "__name__", repr(cls))
         self.__name__ = self.__qualname__ = f"decode({name})"
         self._type_name = name
@@ -69,13 +132,13 @@ class Decoder(Generic[T]):
                     [f"malformed JSON: {exc.msg}"],
                 ) from exc
         if hasattr(self.cls, "__attrs_attrs__") and not isinstance(data, dict):
-            problem = f"expected an object, got {type(data).__name__} @ $"
+            problem = f"expected an object, got {_json_type(data)} @ $"
             raise DecodeError(f"{self._type_name}: {problem}", [problem])
         try:
             return self.converter.structure(data, self.cls)
         except Exception as exc:
             if isinstance(exc, cattrs.BaseValidationError):
-                errors = cattrs.transform_error(exc)
+                errors = cattrs.transform_error(exc, format_exception=_format)
             else:
                 errors = [f"{type(exc).__name__}: {exc} @ $"]
             raise DecodeError(f"{self._type_name}: {'; '.join(errors)}", errors) from exc
