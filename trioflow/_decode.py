@@ -4,7 +4,9 @@ The default converter is strict, as a validator should be: cattrs on its own coe
 a ``str`` from ``5``, ``1`` for an ``int`` from ``1.5`` or ``true``, ``[]`` for a ``list`` from
 ``{}``), which would let wrong types through. Here ``int``, ``float``, ``str`` and ``bool`` accept
 only their JSON counterparts (an ``int`` is a fine ``float``; a ``bool`` is never a number) and a
-``list`` only an array. Pass ``converter=cattrs.Converter()`` to get cattrs' coercions back.
+``list`` only an array. With ``format=None`` (items that are already mappings, such as a Redis
+stream entry whose fields are all strings) the default is cattrs' converting one, so ``"5"`` is a
+fine ``int``; ``strict=`` chooses either way, and ``converter=`` replaces both.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from cattrs.v import format_exception
 from ._exceptions import TrioflowError
 from ._stages import Process, process
 
-__all__ = ["DecodeError", "Decoder", "decode", "strict_converter"]
+__all__ = ["DecodeError", "Decoder", "converting_converter", "decode", "strict_converter"]
 
 T = TypeVar("T")
 
@@ -83,6 +85,17 @@ def strict_converter() -> cattrs.Converter:
     return c
 
 
+def converting_converter() -> cattrs.Converter:
+    """cattrs' own conversions (``"5"`` -> ``5``), with unknown fields refused and every problem
+    reported with its path: for mappings of strings, as brokers and forms deliver them.
+
+    Examples:
+        >>> converting_converter().structure({"id": "7"}, Invoice).id
+        7
+    """
+    return cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+
+
 def _format(exc: BaseException, target: Any) -> str:
     if isinstance(exc, _WrongType):
         return str(exc)
@@ -102,12 +115,15 @@ class Decoder(Generic[T]):
         *,
         format: Literal["json"] | None = "json",
         converter: cattrs.Converter | None = None,
+        strict: bool | None = None,
     ) -> None:
         if format not in ("json", None):
             raise ValueError(f"format={format!r} must be 'json' or None")
         self.cls = cls
         self.format = format
-        self.converter = converter or strict_converter()
+        if strict is None:
+            strict = format == "json"
+        self.converter = converter or (strict_converter() if strict else converting_converter())
         name = getattr(cls, "__name__", repr(cls))
         self.__name__ = self.__qualname__ = f"decode({name})"
         self._type_name = name
@@ -152,6 +168,7 @@ def decode(
     *,
     format: Literal["json"] | None = "json",
     converter: cattrs.Converter | None = None,
+    strict: bool | None = None,
     n: int = 1,
     name: str | None = None,
 ) -> Process[Any, T]:
@@ -160,9 +177,10 @@ def decode(
 
     Unknown fields, wrong types, missing fields, invalid UTF-8 and malformed JSON each give a clear
     reason; nothing about a bad item stops the pipeline. With ``format=None`` items must already be
-    dicts (or whatever ``converter`` structures).
+    dicts (or whatever ``converter`` structures). ``strict`` (default: ``format == "json"``)
+    refuses values of the wrong JSON type instead of converting them (see the module docs).
 
     Examples:
         >>> pipeline = from_iterable(lines) | decode(Invoice) | batch(100, 1.0) | sink(save)
     """
-    return process(Decoder(cls, format=format, converter=converter), n, name=name)
+    return process(Decoder(cls, format=format, converter=converter, strict=strict), n, name=name)
