@@ -30,6 +30,10 @@ __all__ = ["tasks"]
 
 Call = Callable[[Any], Any]
 
+#: While a worker hands results over during a chunk, the stage's live figures (count, busy
+#: time, latency) are brought up to date at most this often (seconds of the trio clock).
+ACCOUNT_EVERY = 0.05
+
 
 def tasks(
     node: Node, inq: ChunkQueue, out: Emitter, ctx: StageContext
@@ -205,7 +209,7 @@ async def worker(
             results: list[Any] = []
             append = results.append
             failures: list[int] | None = None
-            lo = 0
+            lo = accounted = 0
             if is_async:
                 for value in inputs:
                     before = task_steps(task)
@@ -226,11 +230,14 @@ async def worker(
                         # done rather than hold it), or the next stage is idle and hungry.
                         hi = len(results)
                         await _emit(out, ctx, inputs, results, origins, failures, lo, hi, messages)
-                        # account for what was handed over, so live figures move with it
-                        now = clock()
-                        ctx.chunk_stop(hi - lo, now - started)
-                        started = now
                         lo = hi
+                        # live figures follow what was handed over, at most every
+                        # ACCOUNT_EVERY s: the histogram is not touched per item
+                        now = clock()
+                        if now - started >= ACCOUNT_EVERY:
+                            ctx.chunk_stop(hi - accounted, now - started)
+                            started = now
+                            accounted = hi
             else:
                 for value in inputs:
                     try:
@@ -250,8 +257,8 @@ async def worker(
             if seq is not None:
                 seq.turn += 1
                 seq.lot.unpark_all()
-            if n > lo:
-                ctx.chunk_stop(n - lo, clock() - started)
+            if n > accounted:
+                ctx.chunk_stop(n - accounted, clock() - started)
     finally:
         out.close_producer()
 
