@@ -124,3 +124,22 @@ def test_drain_timeout_validated() -> None:
 
     with pytest.raises(ValueError, match=r"^drain_timeout=-1 must be a non-negative number$"):
         trio.run(main)
+
+
+async def test_handle_wait_raises_the_crash() -> None:
+    async def boom(x: int) -> None:
+        raise tf.Fatal("stop")
+
+    waited: list[BaseException] = []
+    with pytest.RaisesGroup(tf.PipelineError):  # the serve task itself fails the nursery
+        async with trio.open_nursery() as nursery:
+            handle = await nursery.start((tf.from_iterable(range(3)) | tf.sink(boom)).serve)
+            try:
+                await handle.wait()
+            except tf.PipelineError as exc:
+                waited.append(exc)
+    assert len(waited) == 1
+    assert (
+        str(waited[0])
+        == "stage 'test_handle_wait_raises_the_crash.boom' stopped the pipeline: Fatal('stop')"
+    )

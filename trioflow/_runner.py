@@ -84,9 +84,16 @@ class PipelineHandle:
         return self._run.final
 
     async def wait(self) -> RunReport:
-        """Wait for the run to end and return its final report."""
+        """Wait for the run to end and return its final report.
+
+        Raises the run's :class:`~trioflow.PipelineError` if it crashed, or ``RuntimeError`` if it
+        was cancelled (a hard stop) before it could report.
+        """
         await self._run.done.wait()
-        assert self._run.final is not None
+        if self._run.error is not None:
+            raise self._run.error
+        if self._run.final is None:
+            raise RuntimeError("the pipeline was cancelled before it finished: no report")
         return self._run.final
 
 
@@ -118,6 +125,7 @@ class _Run:
         self.started = trio.current_time()
         self.ended: float | None = None
         self.final: RunReport | None = None
+        self.error: PipelineError | None = None
         self.done = trio.Event()
         self.outer: trio.CancelScope | None = None
         self.outlets: list[Outlet] = []
@@ -331,11 +339,14 @@ async def run_pipeline(
                 watcher.cancel()
     finally:
         run.ended = trio.current_time()
+        run.done.set()  # waiters learn the outcome below, or that there is none (cancelled)
     if run.crash is not None:
         label, exc = run.crash
-        raise PipelineError(label, f"stage {label!r} stopped the pipeline: {exc!r}") from exc
+        crash = PipelineError(label, f"stage {label!r} stopped the pipeline: {exc!r}")
+        crash.__cause__ = exc
+        run.error = crash
+        raise crash
     run.final = report = run.report()
-    run.done.set()
     if tel.has_pipeline_stop:
         tel.emit("pipeline_stop", report)
     return report
