@@ -210,3 +210,19 @@ def test_generated_items_good_pass_bad_fail_with_a_reason(
         assert isinstance(reason, tf.DecodeError)
         assert fragments[i] in str(reason), (str(reason), fragments[i])
         assert "Traceback" not in str(reason)
+
+
+def test_strict_false_converts_strings_of_a_broker() -> None:
+    @attrs.frozen
+    class Entry:
+        id: int
+        amount: float
+
+    convert = tf.decode(Entry, format=None, strict=False)
+    assert convert({"id": "5", "amount": "1.5"}) == Entry(5, 1.5)
+    with pytest.raises(
+        tf.DecodeError, match=r"^Entry: invalid value for type, expected int @ \$\.id$"
+    ):
+        convert({"id": "five", "amount": "1"})
+    with pytest.raises(tf.DecodeError, match=r"^Entry: expected int, got str @ \$\.id$"):
+        tf.decode(Entry, format=None)({"id": "5", "amount": 1.5})

@@ -4,9 +4,9 @@ The default converter is strict, as a validator should be: cattrs on its own coe
 a ``str`` from ``5``, ``1`` for an ``int`` from ``1.5`` or ``true``, ``[]`` for a ``list`` from
 ``{}``), which would let wrong types through. Here ``int``, ``float``, ``str`` and ``bool`` accept
 only their JSON counterparts (an ``int`` is a fine ``float``; a ``bool`` is never a number) and a
-``list`` only an array. With ``format=None`` (items that are already mappings, such as a Redis
-stream entry whose fields are all strings) the default is cattrs' converting one, so ``"5"`` is a
-fine ``int``; ``strict=`` chooses either way, and ``converter=`` replaces both.
+``list`` only an array. For mappings of strings (a Redis stream entry, form data), where
+``"5"`` is a fine ``int``, pass ``strict=False`` to get cattrs' conversions; ``converter=``
+replaces both.
 """
 
 from __future__ import annotations
@@ -115,14 +115,12 @@ class Decoder(Generic[T]):
         *,
         format: Literal["json"] | None = "json",
         converter: cattrs.Converter | None = None,
-        strict: bool | None = None,
+        strict: bool = True,
     ) -> None:
         if format not in ("json", None):
             raise ValueError(f"format={format!r} must be 'json' or None")
         self.cls = cls
         self.format = format
-        if strict is None:
-            strict = format == "json"
         self.converter = converter or (strict_converter() if strict else converting_converter())
         name = getattr(cls, "__name__", repr(cls))
         self.__name__ = self.__qualname__ = f"decode({name})"
@@ -168,7 +166,7 @@ def decode(
     *,
     format: Literal["json"] | None = "json",
     converter: cattrs.Converter | None = None,
-    strict: bool | None = None,
+    strict: bool = True,
     n: int = 1,
     name: str | None = None,
 ) -> Process[Any, T]:
@@ -177,8 +175,8 @@ def decode(
 
     Unknown fields, wrong types, missing fields, invalid UTF-8 and malformed JSON each give a clear
     reason; nothing about a bad item stops the pipeline. With ``format=None`` items must already be
-    dicts (or whatever ``converter`` structures). ``strict`` (default: ``format == "json"``)
-    refuses values of the wrong JSON type instead of converting them (see the module docs).
+    dicts (or whatever ``converter`` structures). ``strict`` (the default) refuses values of the
+    wrong JSON type; ``strict=False`` converts them (``"5"`` to ``5``: for Redis stream fields).
 
     Examples:
         >>> pipeline = from_iterable(lines) | decode(Invoice) | batch(100, 1.0) | sink(save)

@@ -151,10 +151,14 @@ def build(args: argparse.Namespace) -> tuple[tf.Pipeline, SqliteSink | PostgresS
     save = build_sink(args)
     dead_letter = JsonlSink(args.out / "dead_letter.jsonl")
     retry = tf.Retry(attempts=4, backoff=tf.Backoff.exponential(0.005, max=0.1))
+    # stream fields are all strings ("5"): convert them; JSON has types: check them
+    decoder = (
+        tf.decode(Event, format=None, strict=False) if args.source == "redis" else tf.decode(Event)
+    )
     pipeline = (
         build_source(args)
         | tf.process(tag_entry, messages=True)
-        | tf.decode(Event, format=None if args.source == "redis" else "json")
+        | decoder
         | tf.process(FlakyRegions(), n=16, retry=retry, name="regions")
         | tf.batch(500, 0.5)
         | tf.sink(save, retry=retry)

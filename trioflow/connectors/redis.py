@@ -25,7 +25,7 @@ Message data is the entry's fields as ``dict[str, str]``; metadata has ``id``, `
 
 Examples:
     >>> source = RedisStreamSource("events", "importers", "worker-1", host="127.0.0.1", port=6379)
-    >>> pipeline = source | decode(Event, format=None) | batch(500, 1.0) | sink(save)
+    >>> pipeline = source | decode(Event, format=None, strict=False) | batch(500, 1.0) | sink(save)
 """
 
 from __future__ import annotations
