@@ -360,7 +360,8 @@ async def run_with_cli(
                     if outcome.signals:
                         handle.stop()
                     await _start_extras(nursery, handle, opts)
-                    report = await handle.wait()
+                    with contextlib.suppress(PipelineError):  # _serve records the crash
+                        report = await handle.wait()
                 nursery.cancel_scope.cancel()
     handle = outcome.handle
     if report is None and handle is not None:
