@@ -10,9 +10,7 @@ import pytest
 
 import trioflow
 
-MODULES = ["trioflow", "trioflow.abc", "trioflow.testing"]
-#: imported for annotations by trioflow.testing (better private: `import typing as _t`)
-TYPING_HELPERS = {"Any", "TYPE_CHECKING"}
+MODULES = ["trioflow", "trioflow.abc", "trioflow.testing", "trioflow.observe"]
 
 
 def _reexports(module_name: str) -> list[str]:
@@ -37,12 +35,17 @@ def test_each_public_name_exported_once_and_importable(module_name: str) -> None
     for name in names:
         assert getattr(module, name) is not None
     # nothing public leaks in besides submodules and the re-exports
-    leaked = {
-        n
-        for n in public - set(names)
-        if not isinstance(getattr(module, n), type(trioflow)) and n not in TYPING_HELPERS
-    }
+    leaked = {n for n in public - set(names) if not isinstance(getattr(module, n), type(trioflow))}
     assert leaked == set()
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_all_lists_exactly_the_public_names(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    lazy = set(getattr(module, "_STRATEGIES", ()))  # imported on first use (need hypothesis)
+    assert sorted(module.__all__) == sorted(set(_reexports(module_name)) | lazy)
+    for name in module.__all__:
+        assert getattr(module, name) is not None
 
 
 def test_no_public_name_in_two_namespaces() -> None:

@@ -8,12 +8,12 @@
 * :func:`stages`, :func:`pipelines`, :func:`failures`, :func:`tokens`: hypothesis strategies
   (need ``hypothesis``).
 
-Example:
+Examples:
     >>> from trioflow.testing import TestSource, check_pipeline
     >>> check_pipeline(process(double), [1, 2, 3], model=lambda xs: [2 * x for x in xs])
 """
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from ._check import CheckResult as CheckResult
 from ._check import Expected as Expected
@@ -36,7 +36,7 @@ from ._source import RecordingAcknowledger as RecordingAcknowledger
 from ._source import TestSource as TestSource
 from ._source import record as record
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._strategies import failures as failures
     from ._strategies import pipelines as pipelines
     from ._strategies import retries as retries
@@ -45,8 +45,32 @@ if TYPE_CHECKING:
 
 _STRATEGIES = ("failures", "pipelines", "retries", "stages", "tokens")
 
+__all__ = [
+    "check_pipeline",
+    "check_pipeline_async",
+    "CheckResult",
+    "Expected",
+    "FailurePlan",
+    "Fault",
+    "Graph",
+    "InFlightMeter",
+    "InvariantViolation",
+    "Outcome",
+    "PlannedFailure",
+    "PushSource",
+    "record",
+    "RecordedSource",
+    "RecordingAcknowledger",
+    "test_batch",
+    "test_message",
+    "TestSource",
+    "Token",
+    "tokens_of",
+    *_STRATEGIES,
+]
 
-def __getattr__(name: str) -> Any:
+
+def __getattr__(name: str) -> _typing.Any:
     # strategies need hypothesis, an optional (test) dependency: import it on first use
     if name in _STRATEGIES:
         try:
