@@ -36,7 +36,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """Type-check the package with mypy in strict mode."""
-    session.install(".[typecheck]")
+    session.install(".[typecheck]", ".[test]")
     session.run("mypy", "--strict", "trioflow")
 
 
@@ -51,4 +51,6 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run the benchmarks (extra arguments are passed to ``python -m bench``)."""
     session.install(".[bench]")
+    # slurry's metadata pins trio<0.22, but it runs on current trio
+    session.install("--no-deps", "slurry")
     session.run("python", "-m", "bench", *session.posargs)
