@@ -14,6 +14,7 @@ own ``drain_timeout``; the others keep consuming meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, final
@@ -22,6 +23,7 @@ import attrs
 import trio
 
 from ._consumer import Consumer, SourceFactory
+from ._exceptions import PipelineError
 from ._retry import Backoff
 
 if TYPE_CHECKING:
@@ -297,7 +299,10 @@ class ConsumerManager:
                 handle.stop()
 
             nursery.start_soon(stop_on_request)
-            report = await handle.wait()
+            report: RunReport | None = None
+            # a crash is raised by the _serve task itself, through this nursery
+            with contextlib.suppress(PipelineError):
+                report = await handle.wait()
             nursery.cancel_scope.cancel()
         return report
 
