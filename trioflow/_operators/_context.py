@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 import trio
@@ -143,20 +142,24 @@ def is_fatal(exc: BaseException) -> bool:
     return isinstance(exc, Fatal)
 
 
-def _steps_of(task: trio.lowlevel.Task) -> int:
-    # Times the task yielded to trio's scheduler. Public trio has no cheap way to tell whether an
-    # await suspended, and hot loops need it once per item (see _process); this reads trio's own
-    # counter, and without it every call counts as waiting (correct, only slower).
-    return task._schedule_points
+class _AlwaysChanges:
+    """Stands in for a task whose scheduler counter trio does not have: every read differs."""
+
+    def __init__(self) -> None:
+        self._n = 0
+
+    @property
+    def _schedule_points(self) -> int:
+        self._n += 1
+        return self._n
 
 
-def _always_changes(task: trio.lowlevel.Task) -> int:
-    global _tick
-    _tick += 1
-    return _tick
+def step_counter() -> Any:
+    """The current task, read as ``._schedule_points``: how often it has yielded to trio.
 
-
-_tick = 0
-task_steps: Callable[[trio.lowlevel.Task], int] = (
-    _steps_of if hasattr(trio.lowlevel.Task, "_schedule_points") else _always_changes
-)
+    Public trio has no cheap way to tell whether an await suspended, and the process hot loop
+    needs it once per item (reading it is one attribute lookup). Without the counter every call
+    counts as waiting, which is correct, only slower.
+    """
+    task = trio.lowlevel.current_task()
+    return task if hasattr(task, "_schedule_points") else _AlwaysChanges()

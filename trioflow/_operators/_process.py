@@ -24,7 +24,7 @@ from .._message import Message
 from .._queue import ChunkQueue
 from .._stages import Process
 from .._topology import Node
-from ._context import Emitter, StageContext, task_steps
+from ._context import Emitter, StageContext, step_counter
 
 __all__ = ["tasks"]
 
@@ -186,7 +186,8 @@ async def worker(
 ) -> None:
     """Take chunks from ``inq`` until it ends; call ``call`` per item; hand results to ``out``."""
     clock = trio.current_time
-    task = trio.lowlevel.current_task()
+    steps = step_counter()  # .._schedule_points: how often this task yielded to trio
+    flushable = seq is None  # an ordered pool emits whole chunks, in turn
     # Whether this stage's calls wait (I/O): then results are handed over one by one as they
     # finish; calls that never wait are handed over by the chunk, which is what makes them cheap.
     suspends = False
@@ -212,7 +213,7 @@ async def worker(
             lo = accounted = 0
             if is_async:
                 for value in inputs:
-                    before = task_steps(task)
+                    before = steps._schedule_points
                     try:
                         append(await call(value))
                     except Exception as exc:
@@ -223,9 +224,9 @@ async def worker(
                         failures.append(len(results))
                         append(exc)
                         _exception_event(ctx, value, exc)
-                    if task_steps(task) != before:
+                    if steps._schedule_points != before:
                         suspends = True
-                    if seq is None and (suspends or out.waiting):
+                    if flushable and (suspends or out.waiting):
                         # The call waited (so the next one may wait long: hand over what is
                         # done rather than hold it), or the next stage is idle and hungry.
                         hi = len(results)
