@@ -41,9 +41,10 @@ __all__ = [
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-#: Items a stage's input holds when ``buffer`` is not given. A few hundred keeps chunks large
-#: enough to amortize scheduling while bounding memory to what a few hundred items weigh.
-DEFAULT_BUFFER = 256
+#: Items a stage's input holds when ``buffer`` is not given (after a batch, batches holding about
+#: this many messages, see ``Stage.input_buffer``). A few hundred keeps chunks large enough to
+#: amortize scheduling while bounding memory to what a few hundred items weigh.
+DEFAULT_BUFFER = 512
 
 
 class Stage(Generic[In, Out]):
@@ -69,10 +70,17 @@ class Stage(Generic[In, Out]):
         name = getattr(self, "name", None)
         return name if isinstance(name, str) else repr(self)
 
-    def input_buffer(self) -> int:
-        """Items this stage's input queue holds."""
+    def input_buffer(self, weight: int = 1) -> int:
+        """Items this stage's input queue holds, when each item weighs ``weight`` messages.
+
+        An explicit ``buffer`` is taken as given. The default holds about
+        :data:`DEFAULT_BUFFER` *messages*: after ``batch(100)`` an item is a batch of 100, so
+        the default there is ``DEFAULT_BUFFER // 100`` batches (at least 2).
+        """
         buffer = getattr(self, "buffer", None)
-        return buffer if isinstance(buffer, int) else DEFAULT_BUFFER
+        if isinstance(buffer, int):
+            return buffer
+        return DEFAULT_BUFFER if weight <= 1 else max(2, DEFAULT_BUFFER // weight)
 
     def configure_or_call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """``stage(n=10)`` (option keywords only) configures; ``stage(item)`` calls ``fn``."""

@@ -106,19 +106,26 @@ def compile_pipeline(pipeline: Pipeline, *, ack_buffer: int) -> Topology:
     )
 
 
-def _chain(stages: tuple[Stage[Any, Any], ...], after: int, nodes: list[Node | None]) -> int:
+def _chain(
+    stages: tuple[Stage[Any, Any], ...], after: int, nodes: list[Node | None], weight: int = 1
+) -> int:
+    """Lay out ``stages`` (whose first input items weigh ``weight`` messages) before ``after``."""
+    weights = []
+    for stage in stages:
+        weights.append(weight)
+        if isinstance(stage, Batch):
+            weight *= stage.size
     nxt = after
-    for stage in reversed(stages):
+    for stage, w in zip(reversed(stages), reversed(weights), strict=True):
         idx = len(nodes)
         nodes.append(None)
+        buffer = stage.input_buffer(w)
         if isinstance(stage, Route):
-            branches = tuple((key, _chain(b.stages, nxt, nodes)) for key, b in stage.branches)
-            nodes[idx] = Node(stage, stage.label, stage.input_buffer(), nxt, branches)
+            branches = tuple((key, _chain(b.stages, nxt, nodes, w)) for key, b in stage.branches)
+            nodes[idx] = Node(stage, stage.label, buffer, nxt, branches)
         else:
             terminal = isinstance(stage, Process) and stage.terminal
-            nodes[idx] = Node(
-                stage, stage.label, stage.input_buffer(), TERMINAL if terminal else nxt
-            )
+            nodes[idx] = Node(stage, stage.label, buffer, TERMINAL if terminal else nxt)
         nxt = idx
     return nxt
 
