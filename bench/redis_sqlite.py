@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ async def run_loop(port: int, db: Path, total: int) -> None:
 
 def _count(db: Path) -> int:
     try:
-        with sqlite3.connect(db, timeout=30) as conn:
+        with closing(sqlite3.connect(db, timeout=30)) as conn:
             return int(conn.execute("SELECT count(*) FROM rows").fetchone()[0])
     except sqlite3.OperationalError:
         return 0

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -23,7 +24,7 @@ def test_import_events_end_to_end_and_resume(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
     assert len(lines) == 3000
-    with sqlite3.connect(tmp_path / "events.db") as db:
+    with closing(sqlite3.connect(tmp_path / "events.db")) as db:
         rows = db.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone()
     dead = [json.loads(x) for x in (tmp_path / "dead_letter.jsonl").read_text().splitlines()]
     # every event is either in the database or in the dead letter, with a reason
@@ -39,5 +40,5 @@ def test_import_events_end_to_end_and_resume(tmp_path: Path) -> None:
     second = run_example(script, "--out", str(tmp_path))
     assert second.returncode == 0, second.stderr
     assert "received          0" in second.stdout
-    with sqlite3.connect(tmp_path / "events.db") as db:
+    with closing(sqlite3.connect(tmp_path / "events.db")) as db:
         assert db.execute("SELECT count(*) FROM events").fetchone()[0] == rows[0]

@@ -27,6 +27,7 @@ import signal
 import sqlite3
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -186,7 +187,7 @@ def print_report(report: tf.RunReport, args: argparse.Namespace) -> None:
 def count_rows(db: Path) -> int:
     """Rows in the demo's SQLite table (0 before the first run)."""
     try:
-        with sqlite3.connect(db) as conn:
+        with closing(sqlite3.connect(db)) as conn:
             return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
     except sqlite3.OperationalError:
         return 0

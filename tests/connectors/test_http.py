@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -358,8 +359,9 @@ async def test_sink_4xx_fails_the_batch_with_status_and_body_excerpt() -> None:
     assert reason.status_code == 422
     assert len(reason.body) == 200
     assert reason.body.endswith("...")
+    phrase = HTTPStatus(422).phrase  # "Unprocessable Entity"; "... Content" from Python 3.13
     assert str(reason).startswith(
-        f'HTTP 422 Unprocessable Entity from POST {server.url}/items: {{"error": "amount must'
+        f'HTTP 422 {phrase} from POST {server.url}/items: {{"error": "amount must'
     )
     assert report.failed_by_reason == {"HttpStatusError": 3}
     assert len(server.requests) == 2  # a 4xx is not retried

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def db_count(db: Path) -> int:
     if not db.exists():
         return 0
     try:
-        with sqlite3.connect(db, timeout=30) as conn:
+        with closing(sqlite3.connect(db, timeout=30)) as conn:
             return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
     except sqlite3.OperationalError:  # table not created yet
         return 0
@@ -120,7 +121,7 @@ async def test_three_workers_one_killed_nothing_lost(
                 w.kill()
         for f in logs:
             f.close()
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         total, distinct, ids = conn.execute(
             "SELECT count(*), count(DISTINCT entry), count(DISTINCT id) FROM events"
         ).fetchone()
