@@ -244,3 +244,18 @@ def test_pipeline_error_is_a_trioflow_error() -> None:
     assert issubclass(tf.InvalidPipeline, ValueError)
     assert issubclass(tf.StageTimeout, TimeoutError)
     assert not issubclass(tf.Fatal, tf.TrioflowError)
+
+
+async def test_fatal_inside_an_exception_group_still_stops_the_pipeline() -> None:
+    async def fn(x: int) -> int:
+        async with trio.open_nursery() as nursery:
+
+            async def boom() -> None:
+                raise tf.Fatal("gone")
+
+            nursery.start_soon(boom)
+        return x
+
+    with pytest.raises(tf.PipelineError) as info:
+        await (tf.from_iterable([1]) | tf.process(fn) | tf.sink(lambda x: None)).run()
+    assert isinstance(info.value.__cause__, BaseExceptionGroup)

@@ -143,3 +143,18 @@ async def test_flat_map_then_batch_settles_parents() -> None:
     assert batches == [["a", "b", "c", "d"], ["e", "f"]]
     assert sorted(src.acked) == ["abc", "de", "f"]
     assert (report.received, report.acked, report.unsettled) == (3, 3, 0)
+
+
+async def test_a_predicate_result_without_a_truth_value_fails_the_item() -> None:
+    class Ambiguous:
+        def __bool__(self) -> bool:
+            raise ValueError("the truth value of an array is ambiguous")
+
+    src = TestSource([1, 2, 3])
+    saved: list[int] = []
+    report = await (
+        src | tf.filter(lambda x: Ambiguous() if x == 2 else True) | tf.sink(saved.append)
+    ).run()
+    assert saved == [1, 3]
+    assert [d for d, _ in src.failed] == [2]
+    assert report.failed_by_reason == {"ValueError": 1}

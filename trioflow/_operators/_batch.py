@@ -10,11 +10,10 @@ from typing import Any
 import trio
 
 from .._acking import Group
-from .._exceptions import Fatal
 from .._queue import ChunkQueue
 from .._stages import Batch
 from .._topology import Node
-from ._context import Emitter, StageContext
+from ._context import Emitter, StageContext, is_fatal
 
 __all__ = ["tasks"]
 
@@ -132,7 +131,7 @@ async def _add_keyed(
             key = key_fn(value)
             batch = open_.get(key)
         except Exception as exc:  # a bad key: failing key_fn or unhashable key
-            if isinstance(exc, Fatal):
+            if is_fatal(exc):
                 raise
             ctx.active -= 1
             ctx.fail(origin, value, exc)

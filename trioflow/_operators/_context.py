@@ -138,8 +138,14 @@ class StageContext:
 
 
 def is_fatal(exc: BaseException) -> bool:
-    """Whether ``exc`` stops the pipeline instead of failing the item."""
-    return isinstance(exc, Fatal)
+    """Whether ``exc`` stops the pipeline instead of failing the item.
+
+    A ``Fatal`` raised in a nursery inside a stage function arrives in an exception group: it
+    still stops the pipeline.
+    """
+    if isinstance(exc, Fatal):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(Fatal) is not None
 
 
 class _AlwaysChanges:

@@ -24,7 +24,7 @@ from .._message import Message
 from .._queue import ChunkQueue
 from .._stages import Process
 from .._topology import Node
-from ._context import Emitter, StageContext, step_counter
+from ._context import Emitter, StageContext, is_fatal, step_counter
 
 __all__ = ["tasks"]
 
@@ -139,11 +139,7 @@ def _with_retry(fn: Call, is_async: bool, stage: Process[Any, Any], ctx: StageCo
                     return await fn(value)
                 return fn(value)
             except Exception as exc:
-                if (
-                    isinstance(exc, Fatal)
-                    or not isinstance(exc, policy.on)
-                    or attempt >= policy.attempts
-                ):
+                if is_fatal(exc) or not isinstance(exc, policy.on) or attempt >= policy.attempts:
                     raise
                 _exception_event(ctx, value, exc)
                 delay = policy.backoff.delay(attempt)
@@ -217,7 +213,7 @@ async def worker(
                     try:
                         append(await call(value))
                     except Exception as exc:
-                        if isinstance(exc, Fatal):
+                        if is_fatal(exc):
                             raise
                         if failures is None:
                             failures = []
@@ -244,7 +240,7 @@ async def worker(
                     try:
                         append(call(value))
                     except Exception as exc:
-                        if isinstance(exc, Fatal):
+                        if is_fatal(exc):
                             raise
                         if failures is None:
                             failures = []
@@ -360,7 +356,7 @@ def _partitioned(
                     try:
                         idx = hash(key_fn(value)) % n
                     except Exception as exc:
-                        if isinstance(exc, Fatal):
+                        if is_fatal(exc):
                             raise
                         ctx.fail(origin, value, exc)
                         failed = True

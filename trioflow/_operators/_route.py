@@ -6,13 +6,11 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-import trio
-
-from .._exceptions import Fatal
 from .._queue import ChunkQueue
 from .._stages import Route
 from .._topology import Node
-from ._context import Emitter, StageContext
+from ._context import Emitter, StageContext, is_fatal
+from ._loop import each_chunk
 
 __all__ = ["tasks"]
 
@@ -36,41 +34,32 @@ async def _run(
     take: int,
 ) -> None:
     key_fn = stage.key
-    clock = trio.current_time
-    try:
-        while True:
-            got = await inq.get(take)
-            if got is None:
-                return
-            values, origins = got
-            ctx.chunk_start(len(values))
-            started = clock()
-            parts: dict[Any, tuple[list[Any], list[Any]]] = {}
-            failed = False
-            for value, origin in zip(values, origins, strict=True):
-                try:
-                    key = key_fn(value)
-                    if key not in entries:
-                        raise KeyError(
-                            f"{ctx.label}: no branch for key {key!r}; "
-                            f"branches are {', '.join(repr(k) for k in entries)}"
-                        )
-                except Exception as exc:
-                    if isinstance(exc, Fatal):
-                        raise
-                    ctx.fail(origin, value, exc)
-                    failed = True
-                    continue
-                part = parts.get(key)
-                if part is None:
-                    part = parts[key] = ([], [])
-                part[0].append(value)
-                part[1].append(origin)
-            for key, (vals, origs) in parts.items():
-                await entries[key].put_many(vals, origs)
-            if failed:
-                await ctx.settler.room()
-            ctx.chunk_stop(len(values), clock() - started)
-    finally:
+
+    async def handle(values: list[Any], origins: list[Any]) -> None:
+        parts: dict[Any, tuple[list[Any], list[Any]]] = {}
+        for value, origin in zip(values, origins, strict=True):
+            try:
+                key = key_fn(value)
+                if key not in entries:
+                    raise KeyError(
+                        f"{ctx.label}: no branch for key {key!r}; "
+                        f"branches are {', '.join(repr(k) for k in entries)}"
+                    )
+            except Exception as exc:
+                if is_fatal(exc):
+                    raise
+                ctx.fail(origin, value, exc)
+                continue
+            part = parts.get(key)
+            if part is None:
+                part = parts[key] = ([], [])
+            part[0].append(value)
+            part[1].append(origin)
+        for key, (vals, origs) in parts.items():
+            await entries[key].put_many(vals, origs)
+
+    def close() -> None:
         for entry in entries.values():
             entry.close_producer()
+
+    await each_chunk(inq, ctx, take, handle, close)
