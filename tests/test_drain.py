@@ -8,7 +8,7 @@ import pytest
 import trio
 
 import trioflow as tf
-from trioflow.testing import TestSource
+from trioflow.testing import TestSource, record
 
 
 async def test_graceful_drain_finishes_in_flight_and_stops_pulling(
@@ -143,3 +143,26 @@ async def test_handle_wait_raises_the_crash() -> None:
         str(waited[0])
         == "stage 'test_handle_wait_raises_the_crash.boom' stopped the pipeline: Fatal('stop')"
     )
+
+
+async def test_an_item_in_the_sources_hands_when_the_drain_starts_is_not_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The source got an item from its system just as the drain stopped it: it still goes in."""
+    for _ in range(50):
+        send, receive = trio.open_memory_channel[str](10)
+        stop = trio.Event()
+        src = record(tf.from_channel(receive))
+        seen: list[str] = []
+
+        async def feed(send: trio.MemorySendChannel[str], stop: trio.Event) -> None:
+            await trio.sleep(1)  # the source is parked in receive()
+            send.send_nowait("precious")  # handed straight to it...
+            stop.set()  # ...and the drain starts before it runs again
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed, send, stop)
+            report = await (src | tf.sink(seen.append)).run(stop=stop)
+        assert src.unsettled() == []
+        assert seen == ["precious"]
+        assert report.received == report.acked == 1

@@ -119,6 +119,15 @@ class MeteredEntry:
     async def wait_free(self) -> int:
         return await self._inner.wait_free()
 
+    @property
+    def free(self) -> int:
+        return self._inner.free
+
+    def force_many(self, values: list[Any], origins: list[Any]) -> None:
+        self._meter.progress()
+        self._inner.force_many(values, origins)
+        self._meter.received()
+
     async def put(self, value: Any, origin: Any) -> None:
         await self._inner.put(value, origin)
         self._meter.received()

@@ -131,6 +131,17 @@ class ChunkQueue:
         self._getters.unpark()
         self.waiting = len(self._getters)
 
+    def force_many(self, values: list[Any], origins: list[Any]) -> None:
+        """Append a chunk whatever the room: for items a stopped source already holds.
+
+        The queue may then exceed ``capacity`` by that chunk (the in-flight bound counts what a
+        source holds); no checkpoint, so a source being stopped cannot lose them here.
+        """
+        self._values.extend(values)
+        self._origins.extend(origins)
+        if self.waiting:
+            self._wake_getter()
+
     # -- consumers ---------------------------------------------------------------------------
 
     async def get(self, limit: int, share: int = 1) -> Chunk | None:

@@ -120,31 +120,17 @@ class Outlet:
         A message already marked failed (``message.fail(reason)``) goes straight to failure
         handling: a source can hand over what it could not even parse.
         """
-        value = item
-        if type(item) is Message:
-            if item.status == "failed":
-                self._settler.received += 1
-                self._settler.fail(item, item.reason if item.reason is not None else "failed")
-                await self._settler.room()
-                return
-            value = item.data
-        # Count an item as received only once it is in: a hand-over cancelled (by a hard stop)
-        # while the queue is full must not count a phantom "unsettled" item. Once wait_free()
-        # returns the put cannot block (nothing runs in between).
-        self._handing = True
-        try:
-            room = await self._queue.wait_free()
-            self._settler.received += 1
-            await self._queue.put(value, item)
-            if self._tel is not None:
-                self._emit_put(1, room)
-        finally:
-            self._handed_over()
+        await self.send_many([item])
 
     async def send_many(self, items: list[Any]) -> None:
-        """Hand over several items (the list is kept: do not reuse it)."""
+        """Hand over several items (the list is kept: do not reuse it).
+
+        Blocks (cancellable by a hard stop) while the first buffer is full; a graceful drain
+        never drops what is handed over (see :meth:`stop`).
+        """
         if not items:
             return
+        failed: list[Any] = []
         kinds = set(map(type, items))
         if kinds == {Message} and "failed" not in set(map(_status_of, items)):
             values, origins = list(map(_data_of, items)), items  # messages only: C speed
@@ -155,19 +141,35 @@ class Outlet:
                 for m in failed:
                     self._settler.fail(m, m.reason if m.reason is not None else "failed")
                 items = [m for m in items if not (type(m) is Message and m.status == "failed")]
-                await self._settler.room()
             values = [m.data if type(m) is Message else m for m in items]
             origins = items
         else:
             values, origins = items, items.copy()
-        # As in send(): count what is in; a hard stop cancelling the wait leaves only what was
-        # really handed over counted.
+        await self._hand_over(values, origins)
+        if failed:
+            await self._settler.room()
+
+    async def _hand_over(self, values: list[Any], origins: list[Any]) -> None:
+        # Items count as received once they are in: a hard stop cancelling the wait for room
+        # must not leave phantom "unsettled" ones. With room, nothing here is a checkpoint, so a
+        # drain that stops the source while it holds items it pulled cannot make it drop them;
+        # without room after such a stop, they go in over the bound (they were already counted
+        # as the source's share of it) rather than be lost.
         queue = self._queue
         start, n = 0, len(values)
         self._handing = True
         try:
             while start < n:
-                room = await queue.wait_free()
+                room = queue.free
+                if room <= 0:
+                    if self._stopping:
+                        rest_v, rest_o = values[start:], origins[start:]
+                        queue.force_many(rest_v, rest_o)
+                        self._settler.received += n - start
+                        if self._tel is not None:
+                            self._emit_put(n - start, 0)
+                        break
+                    room = await queue.wait_free()
                 end = min(n, start + room)
                 self._settler.received += end - start
                 if start == 0 and end == n:
@@ -179,6 +181,10 @@ class Outlet:
                 start = end
         finally:
             self._handed_over()
+        if self._stopping:
+            # everything in hand is in: now the drain stops the source (Cancelled here), even
+            # one that never waits on its own (an async generator that does not suspend)
+            await trio.lowlevel.checkpoint()
 
 
 @asynccontextmanager

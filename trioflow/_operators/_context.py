@@ -30,6 +30,9 @@ class Emitter(Protocol):
     async def put(self, value: Any, origin: Any) -> None: ...
     async def put_many(self, values: list[Any], origins: list[Any]) -> None: ...
     async def wait_free(self) -> int: ...
+    @property
+    def free(self) -> int: ...
+    def force_many(self, values: list[Any], origins: list[Any]) -> None: ...
 
 
 @final
@@ -67,6 +70,18 @@ class Terminal:
         await checkpoint_if_cancelled()
         await self._settler.room()
         return TERMINAL_DEMAND
+
+    @property
+    def free(self) -> int:
+        settler = self._settler
+        return TERMINAL_DEMAND if settler.backlog < settler.ack_buffer else 0
+
+    def force_many(self, values: list[Any], origins: list[Any]) -> None:
+        if self._collect is not None:
+            self._collect.extend(values)
+        self._settler.ok(origins)
+        if self._meter is not None:
+            self._meter.progress()
 
 
 @final
