@@ -181,3 +181,27 @@ def test_missing_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "coredis", None)
     with pytest.raises(ImportError, match=r"pip install 'trioflow\[redis\]'"):
         connect()
+
+
+async def test_pending_entries_deleted_since_they_were_read_are_acked_away(
+    redis_server: RedisServer,
+) -> None:
+    stream, group = names()
+    async with connect(port=redis_server.port) as client:
+        await client.xgroup_create(stream, group, identifier="$", mkstream=True)
+        ids = [await client.xadd(stream, {"n": str(i)}) for i in range(3)]
+        await client.xreadgroup(group, "w1", streams={stream: ">"}, count=10)  # then "crash"
+        await client.xdel(stream, [ids[0]])
+    seen: list[str] = []
+    stop = trio.Event()
+
+    async def save(fields: dict[str, str]) -> None:
+        seen.append(fields["n"])
+        if len(seen) == 2:
+            stop.set()
+
+    source = RedisStreamSource(stream, group, "w1", port=redis_server.port, block=0.05)
+    report = await (source | tf.sink(save)).run(stop=stop)
+    assert sorted(seen) == ["1", "2"]
+    assert report.unsettled == 0
+    assert await pending(redis_server, stream, group) == 0

@@ -57,6 +57,8 @@ class _Checkpointer:
         self.path = path
         self.committed = start  # byte offset of the first line not yet settled
         self._done: dict[int, int] = {}  # offset -> end offset of settled lines past a gap
+        # the acker and the source (blank lines) both ack: one checkpoint write at a time
+        self._writing = trio.Lock()
 
     async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
         for m in successful:
@@ -68,7 +70,9 @@ class _Checkpointer:
             self.committed = self._done.pop(self.committed)
             moved = True
         if moved and self.path is not None:
-            await trio.to_thread.run_sync(_write_checkpoint, self.path, self.committed)
+            async with self._writing:
+                # the latest offset: a write that waited covers what others moved meanwhile
+                await trio.to_thread.run_sync(_write_checkpoint, self.path, self.committed)
 
 
 @final

@@ -204,14 +204,26 @@ class _RedisRun(Source[dict[str, str]]):
         last = "0"
         while True:
             room = min(await out.demand(), spec.count)
-            got = await client.xreadgroup(
-                spec.group, spec.consumer, streams={spec.stream: last}, count=room
-            )
+            try:
+                got = await client.xreadgroup(
+                    spec.group, spec.consumer, streams={spec.stream: last}, count=room
+                )
+            except TypeError:
+                # an entry deleted or trimmed since it was read comes back without fields, which
+                # the client cannot parse: nothing can process it, so ack it off the pending list
+                if not await self._ack_deleted_pending():
+                    raise
+                continue
             entries = got.get(spec.stream, ()) if got else ()
             if not entries:
                 break
             last = entries[-1].identifier
-            await self._hand_over(out, await self._with_deliveries(entries))
+            gone = [e.identifier for e in entries if e.field_values is None]
+            if gone:  # the same, from a client that parses them as empty
+                await client.xack(spec.stream, spec.group, gone)
+            entries = [e for e in entries if e.field_values is not None]
+            if entries:
+                await self._hand_over(out, await self._with_deliveries(entries))
         # 2. new entries, and now and then entries stranded by dead consumers
         next_claim = trio.current_time()
         block_ms = max(1, int(spec.block * 1000))
@@ -231,6 +243,20 @@ class _RedisRun(Source[dict[str, str]]):
             entries = got.get(spec.stream, ()) if got else ()
             if entries:
                 await self._hand_over(out, [(e, 1) for e in entries])
+
+    async def _ack_deleted_pending(self) -> int:
+        """Ack this consumer's pending entries that are gone from the stream; how many."""
+        spec, client = self.spec, self.client
+        pending = await client.xpending(
+            spec.stream, spec.group, start="-", end="+", count=10_000, consumer=spec.consumer
+        )
+        gone = []
+        for p in pending:
+            if not await client.xrange(spec.stream, start=p.identifier, end=p.identifier):
+                gone.append(p.identifier)
+        if gone:
+            await client.xack(spec.stream, spec.group, gone)
+        return len(gone)
 
     async def _ensure_group(self) -> None:
         coredis = require("coredis", "redis")

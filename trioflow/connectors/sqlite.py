@@ -101,10 +101,11 @@ class SqliteSink:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(sql, values)
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # a failed COMMIT leaves it open: the next BEGIN would fail
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
             self.rows_written += len(rows)
 
     def _create(self, conn: sqlite3.Connection, columns: tuple[str, ...]) -> None:
