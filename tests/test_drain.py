@@ -166,3 +166,20 @@ async def test_an_item_in_the_sources_hands_when_the_drain_starts_is_not_dropped
         assert src.unsettled() == []
         assert seen == ["precious"]
         assert report.received == report.acked == 1
+
+
+async def test_the_drain_deadline_covers_the_last_acks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Hangs:
+        async def ack(self, ok: list[tf.Message[int]], failed: list[tf.Message[int]]) -> None:
+            await trio.sleep_forever()  # a broker that went away
+
+    hangs = Hangs()
+    stop = trio.Event()
+    source = tf.from_iterable([tf.Message(i, acknowledger=hangs) for i in range(3)])
+    t0 = trio.current_time()
+    report = await (source | tf.sink(lambda x: stop.set())).run(stop=stop, drain_timeout=5)
+    assert trio.current_time() - t0 == 5  # cut off at the deadline, not waited on forever
+    assert report.received == 3
+    assert report.unsettled == 3

@@ -319,7 +319,7 @@ async def run_pipeline(
             async with trio.open_nursery() as outer:
                 run.outer = outer.cancel_scope
                 outer.start_soon(
-                    run.guard, "acknowledger", lambda: settler.run_acker(_on_ack(tel, run.meter))
+                    run.guard, "acknowledger", lambda: _ack_then_release(settler, tel, run, watcher)
                 )
                 if pipeline.failure_handler is not None:
                     outer.start_soon(run.guard, "on_failure", settler.run_failure_handler)
@@ -335,8 +335,7 @@ async def run_pipeline(
                         entry.add_producer()
                     inner.start_soon(_run_sources, run, tuple(sources), entry, sources_scope)
                     task_status.started(PipelineHandle(run))
-                settler.close()
-                watcher.cancel()
+                settler.close()  # the acker ends the drain watch once the last ack is sent
     finally:
         run.ended = trio.current_time()
         run.done.set()  # waiters learn the outcome below, or that there is none (cancelled)
@@ -350,6 +349,15 @@ async def run_pipeline(
     if tel.has_pipeline_stop:
         tel.emit("pipeline_stop", report)
     return report
+
+
+async def _ack_then_release(
+    settler: Settler, tel: Telemetry, run: _Run, watcher: trio.CancelScope
+) -> None:
+    # The drain deadline covers the final acks too: an acknowledger that hangs after the stages
+    # are done is cut off by drain_timeout (its messages stay unsettled), not waited on forever.
+    await settler.run_acker(_on_ack(tel, run.meter))
+    watcher.cancel()
 
 
 def _on_ack(tel: Telemetry, meter: Meter) -> Callable[[Any, int, int], None]:
