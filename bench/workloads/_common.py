@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-#: channel / queue capacity of the hand-written peers (trioflow's DEFAULT_BUFFER is 256 too)
+#: channel / queue capacity of the hand-written peers (trioflow's DEFAULT_BUFFER is 512)
 BUF = 256
 
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -130,3 +130,28 @@ def slurry_sections() -> tuple[type, type]:
                         await send.send(item)
 
     return AsyncMap, TrioSection
+
+
+def run_slurry_pipeline(n: int, *sections: Any, batched: bool = False) -> dict[str, int]:
+    """Run ``range(n)`` through a slurry pipeline of ``sections``; sum and count what comes out
+    (``batched``: the output is lists, as after a ``Group``)."""
+    from slurry import Pipeline
+
+    total = {"sum": 0, "count": 0}
+
+    async def source() -> Any:
+        for i in range(n):
+            yield i
+
+    async def main() -> None:
+        async with Pipeline.create(source(), *sections) as pipeline, pipeline.tap() as out:
+            async for x in out:
+                if batched:
+                    total["sum"] += sum(x)
+                    total["count"] += len(x)
+                else:
+                    total["sum"] += x
+                    total["count"] += 1
+
+    trio.run(main)
+    return total

@@ -8,7 +8,14 @@ from typing import Any
 
 import trio
 
-from ._common import BUF, aio_checkpoint, double, slurry_sections, trio_checkpoint
+from ._common import (
+    BUF,
+    aio_checkpoint,
+    double,
+    run_slurry_pipeline,
+    slurry_sections,
+    trio_checkpoint,
+)
 
 TITLE = "W1 peer pipeline"
 DESCRIPTION = (
@@ -191,32 +198,15 @@ def run_asyncio(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_slurry(p: dict[str, Any]) -> dict[str, Any]:
-    from slurry import Pipeline
     from slurry.sections import Group
 
     async_map, _ = slurry_sections()
-    total = {"sum": 0, "count": 0}
-
-    async def source() -> Any:
-        for i in range(p["n"]):
-            yield i
-
-    async def main() -> None:
-        async with (
-            Pipeline.create(
-                source(),
-                async_map(double),
-                async_map(trio_checkpoint, WORKERS),
-                Group(TIMEOUT, max_size=SIZE),
-            ) as pipeline,
-            pipeline.tap() as batches,
-        ):
-            async for batch in batches:
-                total["sum"] += sum(batch)
-                total["count"] += len(batch)
-
-    trio.run(main)
-    return total
+    sections = (
+        async_map(double),
+        async_map(trio_checkpoint, WORKERS),
+        Group(TIMEOUT, max_size=SIZE),
+    )
+    return run_slurry_pipeline(p["n"], *sections, batched=True)
 
 
 def run_aiostream(p: dict[str, Any]) -> dict[str, Any]:

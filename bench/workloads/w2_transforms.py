@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from ._common import BUF, dec, inc, slurry_sections, triple, w2_expected
+from ._common import BUF, dec, inc, run_slurry_pipeline, slurry_sections, triple, w2_expected
 
 TITLE = "W2 pure transforms"
 DESCRIPTION = "{n} ints -> three async functions that do not suspend -> a sink that sums"
@@ -113,26 +113,8 @@ def run_asyncio(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_slurry(p: dict[str, Any]) -> dict[str, Any]:
-    from slurry import Pipeline
-
     async_map, _ = slurry_sections()
-    total = {"sum": 0, "count": 0}
-
-    async def source() -> Any:
-        for i in range(p["n"]):
-            yield i
-
-    async def main() -> None:
-        async with (
-            Pipeline.create(source(), *(async_map(fn) for fn in STAGES)) as pipeline,
-            pipeline.tap() as out,
-        ):
-            async for x in out:
-                total["sum"] += x
-                total["count"] += 1
-
-    trio.run(main)
-    return total
+    return run_slurry_pipeline(p["n"], *(async_map(fn) for fn in STAGES))
 
 
 def run_aiostream(p: dict[str, Any]) -> dict[str, Any]:

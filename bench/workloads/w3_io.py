@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from ._common import BUF, aio_sleep_1ms, slurry_sections, trio_sleep_1ms
+from ._common import BUF, aio_sleep_1ms, run_slurry_pipeline, slurry_sections, trio_sleep_1ms
 
 TITLE = "W3 I/O-bound"
 DESCRIPTION = "{n} ints -> process(n=100) of a function that sleeps 1 ms -> a sink that sums"
@@ -112,26 +112,8 @@ def run_asyncio(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_slurry(p: dict[str, Any]) -> dict[str, Any]:
-    from slurry import Pipeline
-
     async_map, _ = slurry_sections()
-    total = {"sum": 0, "count": 0}
-
-    async def source() -> Any:
-        for i in range(p["n"]):
-            yield i
-
-    async def main() -> None:
-        async with (
-            Pipeline.create(source(), async_map(trio_sleep_1ms, WORKERS)) as pipeline,
-            pipeline.tap() as out,
-        ):
-            async for x in out:
-                total["sum"] += x
-                total["count"] += 1
-
-    trio.run(main)
-    return total
+    return run_slurry_pipeline(p["n"], async_map(trio_sleep_1ms, WORKERS))
 
 
 def run_aiostream(p: dict[str, Any]) -> dict[str, Any]:
