@@ -160,11 +160,6 @@ class Settler:
         """A parent for the children of a ``flat_map`` call."""
         return Fanout(origin)
 
-    def settle_fanout_if_done(self, fanout: Fanout) -> None:
-        """Settle a parent whose children are all out (or that had none)."""
-        if fanout.remaining == 0:
-            self._settle_fanout(fanout)
-
     @property
     def backlog(self) -> int:
         """Settled messages not acked yet."""
