@@ -84,6 +84,8 @@ class Settler:
         self._room_lot = ParkingLot()
         self._closed = False
         self._handler_done = on_failure is None
+        #: the pipeline's ends (see ``Terminal``): the acker takes their pending items
+        self.terminals: list[Any] = []
 
     # -- called by stage workers ---------------------------------------------------------------
 
@@ -218,13 +220,32 @@ class Settler:
             self._handler_done = True
             self._ack_lot.unpark_all()
 
+    def wake_acker(self) -> None:
+        """Let a parked acker run (it takes what the terminals hold)."""
+        self._ack_lot.unpark()
+
+    def _take_pending(self) -> bool:
+        took = False
+        for terminal in self.terminals:
+            if terminal.take_pending():
+                took = True
+        return took
+
     async def run_acker(self, on_ack: Callable[[Any, int, int], None] | None = None) -> None:
         """Call each source's acknowledger in groups until everything settled is acked."""
         while True:
             if not self._ok and not self._failed:
+                if self._take_pending():
+                    continue
                 if self._closed and self._handler_done:
                     return
-                await self._ack_lot.park()
+                for terminal in self.terminals:
+                    terminal.waiting = 1
+                try:
+                    await self._ack_lot.park()
+                finally:
+                    for terminal in self.terminals:
+                        terminal.waiting = 0
                 continue
             ok, self._ok = self._ok, []
             failed, self._failed = self._failed, []

@@ -11,6 +11,8 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, final, runtime_chec
 
 import attrs
 
+from ._groups import leaves
+
 __all__ = ["NOOP_ACKNOWLEDGER", "Acknowledger", "Message", "NoopAcknowledger", "Status"]
 
 T = TypeVar("T")
@@ -95,7 +97,17 @@ class Message(Generic[T]):
 
 
 def reason_key(reason: BaseException | str | None) -> str:
-    """The ``failed_by_reason`` key of a reason: an exception's class name, or the string."""
+    """The ``failed_by_reason`` key of a reason: an exception's class name, or the string.
+
+    An exception group whose leaves are all of one class counts under that class (a
+    ``ConnectionError`` raised in a nursery is a ``ConnectionError``).
+    """
+    if isinstance(reason, BaseExceptionGroup):
+        kinds = {type(leaf) for leaf in leaves(reason)}
+        if len(kinds) == 1:
+            return kinds.pop().__name__
+        return type(reason).__name__
     if isinstance(reason, BaseException):
         return type(reason).__name__
     return str(reason)
+

@@ -12,17 +12,87 @@ and pays scheduling per *chunk of what is already there*:
 
 Items travel as two parallel lists: ``values`` (what the next stage sees) and ``origins`` (what
 settles the source message, see ``_acking``). At most ``capacity`` items are ever queued.
+
+Early hand-over without a cost per item: a producer working through a chunk keeps its finished
+outputs in a :class:`Pending` registered on the queue. When a consumer is parked, the producer
+only wakes it (once, no put); the consumer, finding the queue empty, takes what is pending. So a
+producer whose calls suspend hands each result on as soon as it is done (the consumer runs while
+the producer waits), and one whose calls never suspend still hands over whole chunks (the woken
+consumer runs only after the chunk).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, final
 
 from trio.lowlevel import ParkingLot, checkpoint_if_cancelled
 
-__all__ = ["Chunk", "ChunkQueue"]
+__all__ = ["FAILED", "Chunk", "ChunkQueue", "Pending"]
 
 Chunk = tuple[list[Any], list[Any]]
+
+#: stands in a :class:`Pending` result list for an item that failed (and was settled already)
+FAILED: Any = type("Failed", (), {"__repr__": lambda self: "FAILED", "__slots__": ()})()
+
+#: ``unwrap(values, origins) -> (values, origins)``: turns results into what goes on
+Unwrap = Callable[[list[Any], list[Any]], Chunk]
+
+
+@final
+class Pending:
+    """A producer's finished outputs not yet put: ``results[lo:]`` with ``origins[lo:]``.
+
+    The producer appends to ``results`` (``origins`` may be the whole chunk's, appended to ahead
+    of the results); :meth:`take` hands over what is done, to the producer itself or to a
+    consumer that found its queue empty. While ``busy`` (the producer is putting what it took),
+    nobody else takes, so the order of one producer's outputs is kept.
+    """
+
+    __slots__ = ("busy", "holes", "lo", "origins", "results", "unwrap")
+
+    def __init__(self, unwrap: Unwrap | None = None) -> None:
+        self.results: list[Any] = []
+        self.origins: list[Any] = []
+        self.lo = 0
+        self.busy = False
+        #: whether ``results`` may hold :data:`FAILED` (then they are filtered out)
+        self.holes = False
+        self.unwrap = unwrap
+
+    def start(self, results: list[Any], origins: list[Any]) -> None:
+        """Follow a new chunk: ``origins`` for it, ``results`` appended to as items finish."""
+        self.results = results
+        self.origins = origins
+        self.lo = 0
+        self.holes = False
+
+    def __len__(self) -> int:
+        return len(self.results) - self.lo
+
+    def take(self) -> Chunk | None:
+        """What is done and not handed over yet (``None``: nothing), now owned by the caller."""
+        results = self.results
+        lo, hi = self.lo, len(results)
+        if hi <= lo:
+            return None
+        self.lo = hi
+        if lo == 0 and hi == len(self.origins):
+            vals, origs = results, self.origins
+            self.results, self.origins, self.lo = [], [], 0
+        else:
+            vals, origs = results[lo:hi], self.origins[lo:hi]
+        if self.holes:
+            keep = [i for i, r in enumerate(vals) if r is not FAILED]
+            vals = [vals[i] for i in keep]
+            origs = [origs[i] for i in keep]
+        if self.unwrap is not None:
+            vals, origs = self.unwrap(vals, origs)
+        return (vals, origs) if vals else None
+
+    def steal(self) -> Chunk | None:
+        """:meth:`take`, unless the producer is putting (a consumer's call)."""
+        return None if self.busy else self.take()
 
 
 @final
@@ -37,6 +107,7 @@ class ChunkQueue:
     __slots__ = (
         "_getters",
         "_origins",
+        "_pending",
         "_producers",
         "_putters",
         "_values",
@@ -53,7 +124,8 @@ class ChunkQueue:
         self._getters = ParkingLot()
         self._putters = ParkingLot()
         self._producers = 0
-        #: consumers parked on an empty queue: a producer holding output flushes it when > 0
+        self._pending: list[Pending] = []
+        #: consumers parked on an empty queue: a producer holding output wakes one when > 0
         self.waiting = 0
 
     def __len__(self) -> int:
@@ -74,6 +146,50 @@ class ChunkQueue:
         if self._producers <= 0:
             self._getters.unpark_all()
             self.waiting = 0
+
+    def hold(self, pending: Pending) -> None:
+        """Register a producer's :class:`Pending`: consumers finding the queue empty take from it."""
+        self._pending.append(pending)
+
+    def _steal(self, limit: int) -> Chunk | None:
+        """Take what a producer holds finished (the queue is empty); beyond ``limit``, queue it."""
+        for pending in self._pending:
+            got = pending.steal()
+            if got is None:
+                continue
+            values, origins = got
+            if len(values) <= limit:
+                return got
+            # the rest goes in the queue, where other consumers can have it
+            self._values = values[limit:]
+            self._origins = origins[limit:]
+            if self.waiting:
+                self.wake()
+            return values[:limit], origins[:limit]
+        return None
+
+    def wake(self) -> None:
+        """Wake one parked consumer (it takes from the pendings when it runs); no checkpoint."""
+        self._getters.unpark()
+        self.waiting = len(self._getters)
+
+    def pop(self) -> tuple[Any, Any] | None:
+        """Take one queued item without waiting (``None`` if there is none): for worker pools."""
+        values = self._values
+        if not values:
+            return None
+        if len(values) == 1:
+            value, origin = values[0], self._origins[0]
+            self._values = []
+            self._origins = []
+        else:
+            # popping the head of a list is linear, but the lists are bounded by the capacity
+            # (a few hundred) and it runs at C speed
+            value = values.pop(0)
+            origin = self._origins.pop(0)
+        if self._putters:
+            self._putters.unpark_all()
+        return value, origin
 
     @property
     def free(self) -> int:
@@ -100,7 +216,7 @@ class ChunkQueue:
         self._values.append(value)
         self._origins.append(origin)
         if self.waiting:
-            self._wake_getter()
+            self.wake()
 
     async def put_many(self, values: list[Any], origins: list[Any]) -> None:
         """Put a chunk (the queue may keep the lists: the caller must not reuse them).
@@ -125,11 +241,7 @@ class ChunkQueue:
                 self._origins.extend(origins[start:end])
                 start = end
             if self.waiting:
-                self._wake_getter()
-
-    def _wake_getter(self) -> None:
-        self._getters.unpark()
-        self.waiting = len(self._getters)
+                self.wake()
 
     def force_many(self, values: list[Any], origins: list[Any]) -> None:
         """Append a chunk whatever the room: for items a stopped source already holds.
@@ -140,7 +252,7 @@ class ChunkQueue:
         self._values.extend(values)
         self._origins.extend(origins)
         if self.waiting:
-            self._wake_getter()
+            self.wake()
 
     # -- consumers ---------------------------------------------------------------------------
 
@@ -153,6 +265,10 @@ class ChunkQueue:
         await checkpoint_if_cancelled()
         values = self._values
         while not values:
+            if self._pending:
+                got = self._steal(limit)
+                if got is not None:
+                    return got
             if self._producers <= 0:
                 return None
             self.waiting += 1
@@ -177,5 +293,5 @@ class ChunkQueue:
             self._putters.unpark_all()
         if self._values and self.waiting:
             # more left: let another parked consumer have a go
-            self._wake_getter()
+            self.wake()
         return values, origins

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 import trio
-from trio.lowlevel import checkpoint_if_cancelled
+from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from .._acking import Settler
+from .._queue import Pending
 from .._exceptions import Fatal
 from .._report import Histogram
 from .._telemetry import Telemetry
@@ -26,6 +27,8 @@ class Emitter(Protocol):
     waiting: int
 
     def add_producer(self) -> None: ...
+    def hold(self, pending: Pending) -> None: ...
+    def wake(self) -> None: ...
     def close_producer(self) -> None: ...
     async def put(self, value: Any, origin: Any) -> None: ...
     async def put_many(self, values: list[Any], origins: list[Any]) -> None: ...
@@ -37,17 +40,31 @@ class Emitter(Protocol):
 
 @final
 class Terminal:
-    """The end of the pipeline (or of a sink): settle as successful, and maybe collect."""
+    """The end of the pipeline (or of a sink): settle as successful, and maybe collect.
 
-    waiting = 0
+    Its consumer is the acknowledger task: ``waiting`` is 1 while that task is parked with
+    nothing to ack, and it takes what the producers' :class:`Pending` hold before it parks, so a
+    sink's finished items are acked right after their call when the acker is idle.
+    With ``yields`` (a pipeline of a source alone), every hand-over lets other tasks run.
+    """
+
     capacity = 1 << 30
 
     def __init__(
-        self, settler: Settler, collect: list[Any] | None, meter: Meter | None = None
+        self,
+        settler: Settler,
+        collect: list[Any] | None,
+        meter: Meter | None = None,
+        *,
+        yields: bool = False,
     ) -> None:
         self._settler = settler
         self._collect = collect
         self._meter = meter
+        self._pending: list[Pending] = []
+        self._yields = yields
+        self.waiting = 0
+        settler.terminals.append(self)
 
     def add_producer(self) -> None:
         pass
@@ -55,19 +72,41 @@ class Terminal:
     def close_producer(self) -> None:
         pass
 
-    async def put(self, value: Any, origin: Any) -> None:
-        await self.put_many([value], [origin])
+    def hold(self, pending: Pending) -> None:
+        self._pending.append(pending)
 
-    async def put_many(self, values: list[Any], origins: list[Any]) -> None:
+    def wake(self) -> None:
+        self.waiting = 0
+        self._settler.wake_acker()
+
+    def take_pending(self) -> bool:
+        """Settle what the producers hold finished (the acker's call); whether there was any."""
+        took = False
+        for pending in self._pending:
+            got = pending.steal()
+            if got is not None:
+                self._settle(*got)
+                took = True
+        return took
+
+    def _settle(self, values: list[Any], origins: list[Any]) -> None:
         if self._collect is not None:
             self._collect.extend(values)
         self._settler.ok(origins)
         if self._meter is not None:
             self._meter.progress()
+
+    async def put(self, value: Any, origin: Any) -> None:
+        await self.put_many([value], [origin])
+
+    async def put_many(self, values: list[Any], origins: list[Any]) -> None:
+        self._settle(values, origins)
+        if self._yields:
+            await checkpoint()
         await self._settler.room()
 
     async def wait_free(self) -> int:
-        await checkpoint_if_cancelled()
+        await (checkpoint() if self._yields else checkpoint_if_cancelled())
         await self._settler.room()
         return TERMINAL_DEMAND
 
@@ -77,11 +116,7 @@ class Terminal:
         return TERMINAL_DEMAND if settler.backlog < settler.ack_buffer else 0
 
     def force_many(self, values: list[Any], origins: list[Any]) -> None:
-        if self._collect is not None:
-            self._collect.extend(values)
-        self._settler.ok(origins)
-        if self._meter is not None:
-            self._meter.progress()
+        self._settle(values, origins)
 
 
 @final

@@ -1,14 +1,21 @@
-"""``process`` and ``sink``: worker pools over chunks.
+"""``process`` and ``sink``: workers over chunks, and work-conserving pools.
 
-A worker takes a chunk of what is queued (all of it with ``n=1``; a fair share with ``n>1``),
-calls the function item by item, and hands results on. Calls that do not suspend cost no task
-switch: the worker only parks when its input is empty or its output is full. When the next stage
-is idle and waiting, results are handed over after each item, so a slow (suspending) function
-does not hold finished items back.
+With ``n=1`` the worker takes a chunk of what is queued and calls the function item by item;
+with ``n>1`` each worker takes one item at a time from the shared input (without a checkpoint
+while there are items), so no item waits behind a slow call while another worker is idle: ``n``
+means ``n`` calls in flight. Calls that do not suspend cost no task switch: a worker parks only
+when its input is empty or its output is full.
+
+Finished results wait in a :class:`~trioflow._queue.Pending` registered on the output. When the
+next stage (or, after a sink, the acknowledger) is parked, the worker wakes it, and it takes what
+is pending when it runs: right away if the call that follows suspends, after the chunk if it
+does not. So results of suspending calls leave one by one as they finish, and those of calls that
+never suspend leave as whole chunks, with no per-item test of whether a call suspended.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -19,12 +26,13 @@ import trio
 from trio.lowlevel import ParkingLot
 
 from .._exceptions import Fatal, StageTimeout
+from .._groups import is_fatal, matches
 from .._lazy import require
 from .._message import Message
-from .._queue import ChunkQueue
+from .._queue import FAILED, ChunkQueue, Pending
 from .._stages import Process
 from .._topology import Node
-from ._context import Emitter, StageContext, is_fatal, step_counter
+from ._context import Emitter, StageContext
 
 __all__ = ["tasks"]
 
@@ -45,15 +53,13 @@ def tasks(
     n = stage.n
     if stage.partition_by is not None:
         return _partitioned(node, stage, inq, out, ctx, call, is_async)
-    take = node.buffer if n == 1 else max(1, node.buffer // n)
-    seq = _Sequencer() if stage.ordered and n > 1 else None
     ctx.workers = n
     for _ in range(n):
         out.add_producer()
-    return [
-        partial(worker, inq, out, ctx, call, is_async, take, n, stage.messages, seq)
-        for _ in range(n)
-    ]
+    if n == 1:
+        return [partial(worker, inq, out, ctx, call, is_async, node.buffer, stage.messages)]
+    pool = _Pool(ctx, out, stage, node.buffer)
+    return [partial(pool_worker, pool, inq, call, is_async) for _ in range(n)]
 
 
 def make_call(stage: Process[Any, Any], ctx: StageContext) -> tuple[Call, bool]:
@@ -65,7 +71,8 @@ def make_call(stage: Process[Any, Any], ctx: StageContext) -> tuple[Call, bool]:
         sync_fn = fn  # bound now: ``fn`` is rebound to the wrapper below
 
         async def in_thread(value: Any) -> Any:
-            return await trio.to_thread.run_sync(sync_fn, value, abandon_on_cancel=abandon)
+            result = await trio.to_thread.run_sync(sync_fn, value, abandon_on_cancel=abandon)
+            return (await result) if inspect.isawaitable(result) else result
 
         fn, is_async = in_thread, True
     if stage.parallel:
@@ -135,11 +142,12 @@ def _with_retry(fn: Call, is_async: bool, stage: Process[Any, Any], ctx: StageCo
         attempt = 1
         while True:
             try:
-                if is_async:
-                    return await fn(value)
-                return fn(value)
+                result = fn(value)
+                if is_async or inspect.isawaitable(result):
+                    result = await result
+                return result
             except Exception as exc:
-                if is_fatal(exc) or not isinstance(exc, policy.on) or attempt >= policy.attempts:
+                if is_fatal(exc) or not matches(exc, policy.on) or attempt >= policy.attempts:
                     raise
                 _exception_event(ctx, value, exc)
                 delay = policy.backoff.delay(attempt)
@@ -152,21 +160,59 @@ def _with_retry(fn: Call, is_async: bool, stage: Process[Any, Any], ctx: StageCo
     return retried
 
 
-class _Sequencer:
-    """Hands out chunk tickets and lets workers emit strictly in ticket order."""
 
-    __slots__ = ("lot", "next_ticket", "turn")
+# -- awaitable results of plain functions ------------------------------------------------------
 
-    def __init__(self) -> None:
-        self.next_ticket = 0
-        self.turn = 0
-        self.lot = ParkingLot()
+_AWAITABLE: dict[type, bool] = {}
+
+
+def _has_awaitables(results: list[Any]) -> bool:
+    """Whether any result is awaitable (a plain function that returned a coroutine): one
+    look-up per distinct type, so a chunk of plain results costs one ``set(map(type, ...))``."""
+    for kind in set(map(type, results)):
+        known = _AWAITABLE.get(kind)
+        if known is None:
+            known = _AWAITABLE[kind] = hasattr(kind, "__await__")
+        if known:
+            return True
+    return False
+
+
+async def _await_results(
+    ctx: StageContext, inputs: list[Any], results: list[Any], origins: list[Any], p: Pending
+) -> None:
+    """Await the awaitable results of a chunk in place (a failure fails that item)."""
+    for i, result in enumerate(results):
+        if result is FAILED or not inspect.isawaitable(result):
+            continue
+        try:
+            results[i] = await result
+        except Exception as exc:
+            if is_fatal(exc):
+                raise
+            results[i] = FAILED
+            p.holes = True
+            _exception_event(ctx, inputs[i], exc)
+            ctx.fail(origins[i], inputs[i], exc)
 
 
 def _view(value: Any, origin: Any) -> Message[Any]:
-    if type(origin) is Message:
+    if isinstance(origin, Message):
         return Message(value, origin.metadata, origin.acknowledger)
     return Message(value)
+
+
+async def flush(pending: Pending, out: Emitter) -> None:
+    """Put what ``pending`` holds finished; no one else takes from it meanwhile (order kept)."""
+    pending.busy = True
+    try:
+        while True:
+            got = pending.take()
+            if got is None:
+                return
+            await out.put_many(*got)
+    finally:
+        pending.busy = False
 
 
 async def worker(
@@ -176,65 +222,48 @@ async def worker(
     call: Call,
     is_async: bool,
     take: int,
-    share: int,
     messages: bool,
-    seq: _Sequencer | None,
 ) -> None:
-    """Take chunks from ``inq`` until it ends; call ``call`` per item; hand results to ``out``."""
+    """``n=1``: take chunks from ``inq`` until it ends; call ``call`` per item, in order."""
     clock = trio.current_time
-    steps = step_counter()  # .._schedule_points: how often this task yielded to trio
-    flushable = seq is None  # an ordered pool emits whole chunks, in turn
-    # Whether this stage's calls wait (I/O): then results are handed over one by one as they
-    # finish; calls that never wait are handed over by the chunk, which is what makes them cheap.
-    suspends = False
+    pending = Pending(partial(_unwrap, ctx) if messages else None)
+    out.hold(pending)
+    settler = ctx.settler
     try:
         while True:
-            got = await inq.get(take, share)
+            got = await inq.get(take)
             if got is None:
                 return
             values, origins = got
-            ticket = -1
-            if seq is not None:
-                ticket = seq.next_ticket
-                seq.next_ticket += 1
             n = len(values)
             ctx.chunk_start(n)
             started = clock()
+            accounted = 0
             inputs = (
                 [_view(v, o) for v, o in zip(values, origins, strict=True)] if messages else values
             )
             results: list[Any] = []
+            pending.start(results, origins)
             append = results.append
-            failures: list[int] | None = None
-            lo = accounted = 0
             if is_async:
                 for value in inputs:
-                    before = steps._schedule_points
                     try:
                         append(await call(value))
                     except Exception as exc:
                         if is_fatal(exc):
                             raise
-                        if failures is None:
-                            failures = []
-                        failures.append(len(results))
-                        append(exc)
                         _exception_event(ctx, value, exc)
-                    if steps._schedule_points != before:
-                        suspends = True
-                    if flushable and (suspends or out.waiting):
-                        # The call waited (so the next one may wait long: hand over what is
-                        # done rather than hold it), or the next stage is idle and hungry.
-                        hi = len(results)
-                        await _emit(out, ctx, inputs, results, origins, failures, lo, hi, messages)
-                        lo = hi
-                        # live figures follow what was handed over, at most every
-                        # ACCOUNT_EVERY s: the histogram is not touched per item
+                        ctx.fail(origins[len(results)], value, exc)
+                        append(FAILED)
+                        pending.holes = True
+                    if out.waiting:
+                        # the next stage is idle: it takes what is done as soon as it runs
+                        out.wake()
                         now = clock()
                         if now - started >= ACCOUNT_EVERY:
-                            ctx.chunk_stop(hi - accounted, now - started)
-                            started = now
-                            accounted = hi
+                            done = len(results)
+                            ctx.chunk_stop(done - accounted, now - started)
+                            started, accounted = now, done
             else:
                 for value in inputs:
                     try:
@@ -242,20 +271,171 @@ async def worker(
                     except Exception as exc:
                         if is_fatal(exc):
                             raise
-                        if failures is None:
-                            failures = []
-                        failures.append(len(results))
-                        append(exc)
                         _exception_event(ctx, value, exc)
-            if seq is not None:
-                while seq.turn != ticket:
-                    await seq.lot.park()
-            await _emit(out, ctx, inputs, results, origins, failures, lo, len(results), messages)
-            if seq is not None:
-                seq.turn += 1
-                seq.lot.unpark_all()
+                        ctx.fail(origins[len(results)], value, exc)
+                        append(FAILED)
+                        pending.holes = True
+                if _has_awaitables(results):
+                    await _await_results(ctx, inputs, results, origins, pending)
+            await flush(pending, out)
             if n > accounted:
                 ctx.chunk_stop(n - accounted, clock() - started)
+            await settler.room()
+    finally:
+        out.close_producer()
+
+
+class _Pool:
+    """What the ``n`` workers of a pool share: their output, its order, and their holdings.
+
+    ``held`` counts items taken from the input and not yet handed on (in a call, finished and
+    pending, or waiting for their turn); a worker takes a new item only while it is below
+    ``cap`` = ``max(buffer, n)``, so a stage holds at most its buffer plus ``cap`` items.
+    ``ordered=True``: each item gets a ticket when taken, and its result joins the pending
+    output only once every earlier ticket's has (``done`` holds the early ones).
+    """
+
+    __slots__ = (
+        "cap",
+        "ctx",
+        "done",
+        "handed",
+        "held",
+        "issued",
+        "lot",
+        "messages",
+        "ordered",
+        "out",
+        "pending",
+        "take",
+    )
+
+    def __init__(
+        self, ctx: StageContext, out: Emitter, stage: Process[Any, Any], buffer: int
+    ) -> None:
+        self.ctx = ctx
+        self.out = out
+        self.messages = stage.messages
+        self.pending = Pending(partial(_unwrap, ctx) if stage.messages else None)
+        out.hold(self.pending)
+        self.ordered = stage.ordered
+        #: items a worker takes in a row before it hands its results on and lets others run
+        self.take = max(1, buffer // stage.n)
+        self.cap = max(buffer, stage.n)
+        self.held = 0
+        self.issued = 0
+        self.handed = 0
+        self.done: dict[int, tuple[Any, Any]] = {}
+        self.lot = ParkingLot()
+
+    def finish(self, ticket: int, result: Any, origin: Any) -> None:
+        """A call ended with ``result`` (:data:`FAILED` if the item failed and was settled)."""
+        p = self.pending
+        if not self.ordered:
+            if result is FAILED:
+                self.held -= 1
+                self._release()
+            else:
+                p.results.append(result)
+                p.origins.append(origin)
+            return
+        done = self.done
+        done[ticket] = (result, origin)
+        handed = self.handed
+        while handed in done:
+            result, origin = done.pop(handed)
+            if result is FAILED:
+                self.held -= 1
+            else:
+                p.results.append(result)
+                p.origins.append(origin)
+            handed += 1
+        if handed != self.handed:
+            self.handed = handed
+            self._release()
+
+    def _release(self) -> None:
+        if self.lot:
+            self.lot.unpark_all()
+
+    async def flush(self) -> None:
+        """Hand the pending results on (one worker at a time, so their order is kept)."""
+        p = self.pending
+        p.busy = True
+        try:
+            while len(p):
+                count = len(p)
+                got = p.take()
+                if got is not None:
+                    await self.out.put_many(*got)
+                self.held -= count
+        finally:
+            p.busy = False
+            self._release()
+
+    async def room(self) -> None:
+        """Wait until a worker may take one more item (handing results on if that is what
+        stands in the way)."""
+        p = self.pending
+        while self.held >= self.cap:
+            if len(p) and not p.busy:
+                await self.flush()
+            else:
+                await self.lot.park()
+
+
+async def pool_worker(pool: _Pool, inq: ChunkQueue, call: Call, is_async: bool) -> None:
+    """``n>1``: take one item at a time from the shared input, so none waits while a worker is
+    idle; hand results on through the pool's pending (in input order with ``ordered=True``)."""
+    ctx, out, pending = pool.ctx, pool.out, pool.pending
+    clock = trio.current_time
+    settler = ctx.settler
+    ordered, messages, take = pool.ordered, pool.messages, pool.take
+    try:
+        while True:
+            await pool.room()
+            got = await inq.get(1)
+            if got is None:
+                return
+            value, origin = got[0][0], got[1][0]
+            started = clock()
+            count = taken = 0
+            while True:
+                pool.held += 1
+                ticket = pool.issued  # taken with the item: no await in between
+                pool.issued += 1
+                ctx.chunk_start(1)
+                arg = _view(value, origin) if messages else value
+                try:
+                    result = await call(arg) if is_async else call(arg)
+                    if not is_async and inspect.isawaitable(result):
+                        result = await result
+                except Exception as exc:
+                    if is_fatal(exc):
+                        raise
+                    _exception_event(ctx, arg, exc)
+                    ctx.fail(origin, arg, exc)
+                    result = FAILED
+                pool.finish(ticket, result, origin)
+                count += 1
+                if out.waiting:
+                    out.wake()  # the next stage takes what is pending when it runs
+                now = clock()
+                if now - started >= ACCOUNT_EVERY:  # live figures follow a slow round
+                    ctx.chunk_stop(count, now - started)
+                    started, count = now, 0
+                taken += 1
+                if taken >= take or pool.held >= pool.cap:
+                    break
+                nxt = inq.pop()
+                if nxt is None:
+                    break
+                value, origin = nxt
+            if len(pending) and not pending.busy:
+                await pool.flush()
+            if count:
+                ctx.chunk_stop(count, clock() - started)
+            await settler.room()
     finally:
         out.close_producer()
 
@@ -265,53 +445,15 @@ def _exception_event(ctx: StageContext, value: Any, exc: BaseException) -> None:
         ctx.telemetry.emit("stage_exception", ctx.label, value, exc)
 
 
-async def _emit(
-    out: Emitter,
-    ctx: StageContext,
-    inputs: list[Any],
-    results: list[Any],
-    origins: list[Any],
-    failures: list[int] | None,
-    lo: int,
-    hi: int,
-    messages: bool,
-) -> None:
-    """Hand ``results[lo:hi]`` on; settle the failed ones among them."""
-    if hi <= lo:
-        return
-    whole = lo == 0 and hi == len(origins)
-    vals = results if whole else results[lo:hi]
-    origs = origins if whole else origins[lo:hi]
-    failed_any = False
-    if failures is not None and failures[-1] >= lo:
-        bad = {i - lo for i in failures if lo <= i < hi}
-        if bad:
-            failed_any = True
-            for i in bad:
-                ctx.fail(origs[i], inputs[lo + i], vals[i])
-            keep = [i for i in range(hi - lo) if i not in bad]
-            vals = [vals[i] for i in keep]
-            origs = [origs[i] for i in keep]
-    if messages:
-        vals, origs, marked = _unwrap(ctx, vals, origs)
-        failed_any = failed_any or marked
-    if vals:
-        await out.put_many(vals, origs)
-    if failed_any:
-        await ctx.settler.room()
-
-
 def _unwrap(
     ctx: StageContext, vals: list[Any], origs: list[Any]
-) -> tuple[list[Any], list[Any], bool]:
+) -> tuple[list[Any], list[Any]]:
     """``messages=True``: results are messages; a failed one fails its item, others carry data."""
     out_v: list[Any] = []
     out_o: list[Any] = []
-    marked = False
     for result, origin in zip(vals, origs, strict=True):
         if isinstance(result, Message):
             if result.status == "failed":
-                marked = True
                 ctx.fail(
                     origin, result.data, result.reason if result.reason is not None else "failed"
                 )
@@ -319,7 +461,7 @@ def _unwrap(
             result = result.data
         out_v.append(result)
         out_o.append(origin)
-    return out_v, out_o, marked
+    return out_v, out_o
 
 
 def _partitioned(
@@ -374,7 +516,6 @@ def _partitioned(
                 q.close_producer()
 
     workers: list[Callable[[], Awaitable[None]]] = [
-        partial(worker, q, out, ctx, call, is_async, per_worker, 1, stage.messages, None)
-        for q in queues
+        partial(worker, q, out, ctx, call, is_async, per_worker, stage.messages) for q in queues
     ]
     return [dispatch, *workers]
