@@ -86,6 +86,10 @@ class Settler:
         self._handler_done = on_failure is None
         #: the pipeline's ends (see ``Terminal``): the acker takes their pending items
         self.terminals: list[Any] = []
+        #: filters' dropped items not settled yet (``Pending`` of origins), taken likewise
+        self._dropped: list[Any] = []
+        #: 1 while the acker is parked with nothing to do
+        self.idle = 0
 
     # -- called by stage workers ---------------------------------------------------------------
 
@@ -221,13 +225,28 @@ class Settler:
             self._ack_lot.unpark_all()
 
     def wake_acker(self) -> None:
-        """Let a parked acker run (it takes what the terminals hold)."""
+        """Let a parked acker run (it takes what the terminals and filters hold)."""
+        self._set_idle(0)
         self._ack_lot.unpark()
+
+    def hold_dropped(self, pending: Any) -> None:
+        """Register a filter's :class:`~trioflow._queue.Pending` of dropped origins."""
+        self._dropped.append(pending)
+
+    def _set_idle(self, idle: int) -> None:
+        self.idle = idle
+        for terminal in self.terminals:
+            terminal.waiting = idle
 
     def _take_pending(self) -> bool:
         took = False
         for terminal in self.terminals:
             if terminal.take_pending():
+                took = True
+        for pending in self._dropped:
+            got = pending.steal()
+            if got is not None:
+                self.filtered_out(got[1])
                 took = True
         return took
 
@@ -239,13 +258,11 @@ class Settler:
                     continue
                 if self._closed and self._handler_done:
                     return
-                for terminal in self.terminals:
-                    terminal.waiting = 1
+                self._set_idle(1)
                 try:
                     await self._ack_lot.park()
                 finally:
-                    for terminal in self.terminals:
-                        terminal.waiting = 0
+                    self._set_idle(0)
                 continue
             ok, self._ok = self._ok, []
             failed, self._failed = self._failed, []

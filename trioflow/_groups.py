@@ -41,7 +41,9 @@ def fatal_of(exc: BaseException) -> Fatal | None:
     return None
 
 
-def matches(exc: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
+def matches(
+    exc: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]
+) -> bool:
     """Whether ``exc`` is one of ``types``, or a group whose every leaf is."""
     if isinstance(exc, types):
         return True

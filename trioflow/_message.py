@@ -110,4 +110,3 @@ def reason_key(reason: BaseException | str | None) -> str:
     if isinstance(reason, BaseException):
         return type(reason).__name__
     return str(reason)
-

@@ -49,9 +49,11 @@ class Pending:
     nobody else takes, so the order of one producer's outputs is kept.
     """
 
-    __slots__ = ("busy", "holes", "lo", "origins", "results", "unwrap")
+    __slots__ = ("busy", "holes", "lo", "on_steal", "origins", "results", "unwrap")
 
-    def __init__(self, unwrap: Unwrap | None = None) -> None:
+    def __init__(
+        self, unwrap: Unwrap | None = None, on_steal: Callable[[int], None] | None = None
+    ) -> None:
         self.results: list[Any] = []
         self.origins: list[Any] = []
         self.lo = 0
@@ -59,6 +61,8 @@ class Pending:
         #: whether ``results`` may hold :data:`FAILED` (then they are filtered out)
         self.holes = False
         self.unwrap = unwrap
+        #: told how many results a consumer took (a pool counts what its workers hold)
+        self.on_steal = on_steal
 
     def start(self, results: list[Any], origins: list[Any]) -> None:
         """Follow a new chunk: ``origins`` for it, ``results`` appended to as items finish."""
@@ -70,10 +74,13 @@ class Pending:
     def __len__(self) -> int:
         return len(self.results) - self.lo
 
-    def take(self) -> Chunk | None:
-        """What is done and not handed over yet (``None``: nothing), now owned by the caller."""
+    def take(self, limit: int | None = None) -> Chunk | None:
+        """What is done and not handed over yet, at most ``limit`` results (``None``: nothing),
+        now owned by the caller."""
         results = self.results
         lo, hi = self.lo, len(results)
+        if limit is not None and hi - lo > limit:
+            hi = lo + limit
         if hi <= lo:
             return None
         self.lo = hi
@@ -90,9 +97,15 @@ class Pending:
             vals, origs = self.unwrap(vals, origs)
         return (vals, origs) if vals else None
 
-    def steal(self) -> Chunk | None:
-        """:meth:`take`, unless the producer is putting (a consumer's call)."""
-        return None if self.busy else self.take()
+    def steal(self, limit: int | None = None) -> Chunk | None:
+        """:meth:`take` by someone else (a consumer), unless the producer is putting."""
+        if self.busy:
+            return None
+        count = len(self)
+        got = self.take(limit)
+        if self.on_steal is not None and count:
+            self.on_steal(count - len(self))
+        return got
 
 
 @final
@@ -148,24 +161,15 @@ class ChunkQueue:
             self.waiting = 0
 
     def hold(self, pending: Pending) -> None:
-        """Register a producer's :class:`Pending`: consumers finding the queue empty take from it."""
+        """Register a producer's :class:`Pending`: a consumer finding the queue empty takes it."""
         self._pending.append(pending)
 
     def _steal(self, limit: int) -> Chunk | None:
-        """Take what a producer holds finished (the queue is empty); beyond ``limit``, queue it."""
+        """Take what a producer holds finished (the queue is empty), at most ``limit`` items."""
         for pending in self._pending:
-            got = pending.steal()
-            if got is None:
-                continue
-            values, origins = got
-            if len(values) <= limit:
+            got = pending.steal(limit)
+            if got is not None:
                 return got
-            # the rest goes in the queue, where other consumers can have it
-            self._values = values[limit:]
-            self._origins = origins[limit:]
-            if self.waiting:
-                self.wake()
-            return values[:limit], origins[:limit]
         return None
 
     def wake(self) -> None:
@@ -190,6 +194,11 @@ class ChunkQueue:
         if self._putters:
             self._putters.unpark_all()
         return value, origin
+
+    def unget(self, value: Any, origin: Any) -> None:
+        """Put back an item just taken (at the head), for a worker that may not hold it now."""
+        self._values.insert(0, value)
+        self._origins.insert(0, origin)
 
     @property
     def free(self) -> int:

@@ -10,10 +10,11 @@ from typing import Any
 import trio
 
 from .._acking import Group
+from .._groups import is_fatal
 from .._queue import ChunkQueue
 from .._stages import Batch
 from .._topology import Node
-from ._context import Emitter, StageContext, is_fatal
+from ._context import Emitter, StageContext
 
 __all__ = ["tasks"]
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol, final
 
-import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from .._acking import Settler
 from .._queue import Pending
-from .._exceptions import Fatal
 from .._report import Histogram
 from .._telemetry import Telemetry
 from .._topology import TERMINAL_DEMAND
@@ -18,7 +16,7 @@ from .._validate import describe
 if TYPE_CHECKING:
     from .._metrics import Meter
 
-__all__ = ["Emitter", "StageContext", "Terminal", "is_fatal"]
+__all__ = ["Emitter", "StageContext", "Terminal"]
 
 
 class Emitter(Protocol):
@@ -76,7 +74,6 @@ class Terminal:
         self._pending.append(pending)
 
     def wake(self) -> None:
-        self.waiting = 0
         self._settler.wake_acker()
 
     def take_pending(self) -> bool:
@@ -106,7 +103,10 @@ class Terminal:
         await self._settler.room()
 
     async def wait_free(self) -> int:
-        await (checkpoint() if self._yields else checkpoint_if_cancelled())
+        if self._yields:
+            await checkpoint()
+        else:
+            await checkpoint_if_cancelled()
         await self._settler.room()
         return TERMINAL_DEMAND
 
@@ -185,37 +185,3 @@ class StageContext:
         self.settler.fail(origin, reason)
         if self.meter is not None:
             self.meter.progress()
-
-
-def is_fatal(exc: BaseException) -> bool:
-    """Whether ``exc`` stops the pipeline instead of failing the item.
-
-    A ``Fatal`` raised in a nursery inside a stage function arrives in an exception group: it
-    still stops the pipeline.
-    """
-    if isinstance(exc, Fatal):
-        return True
-    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(Fatal) is not None
-
-
-class _AlwaysChanges:
-    """Stands in for a task whose scheduler counter trio does not have: every read differs."""
-
-    def __init__(self) -> None:
-        self._n = 0
-
-    @property
-    def _schedule_points(self) -> int:
-        self._n += 1
-        return self._n
-
-
-def step_counter() -> Any:
-    """The current task, read as ``._schedule_points``: how often it has yielded to trio.
-
-    Public trio has no cheap way to tell whether an await suspended, and the process hot loop
-    needs it once per item (reading it is one attribute lookup). Without the counter every call
-    counts as waiting, which is correct, only slower.
-    """
-    task = trio.lowlevel.current_task()
-    return task if hasattr(task, "_schedule_points") else _AlwaysChanges()

@@ -160,7 +160,6 @@ def _with_retry(fn: Call, is_async: bool, stage: Process[Any, Any], ctx: StageCo
     return retried
 
 
-
 # -- awaitable results of plain functions ------------------------------------------------------
 
 _AWAITABLE: dict[type, bool] = {}
@@ -316,7 +315,7 @@ class _Pool:
         self.ctx = ctx
         self.out = out
         self.messages = stage.messages
-        self.pending = Pending(partial(_unwrap, ctx) if stage.messages else None)
+        self.pending = Pending(partial(_unwrap, ctx) if stage.messages else None, self._stolen)
         out.hold(self.pending)
         self.ordered = stage.ordered
         #: items a worker takes in a row before it hands its results on and lets others run
@@ -354,6 +353,10 @@ class _Pool:
             self.handed = handed
             self._release()
 
+    def _stolen(self, count: int) -> None:
+        self.held -= count
+        self._release()
+
     def _release(self) -> None:
         if self.lot:
             self.lot.unpark_all()
@@ -390,7 +393,7 @@ async def pool_worker(pool: _Pool, inq: ChunkQueue, call: Call, is_async: bool) 
     ctx, out, pending = pool.ctx, pool.out, pool.pending
     clock = trio.current_time
     settler = ctx.settler
-    ordered, messages, take = pool.ordered, pool.messages, pool.take
+    messages, take = pool.messages, pool.take
     try:
         while True:
             await pool.room()
@@ -398,6 +401,10 @@ async def pool_worker(pool: _Pool, inq: ChunkQueue, call: Call, is_async: bool) 
             if got is None:
                 return
             value, origin = got[0][0], got[1][0]
+            if pool.held >= pool.cap:
+                # others filled the pool while this worker waited for an item: give it back
+                inq.unget(value, origin)
+                continue
             started = clock()
             count = taken = 0
             while True:
@@ -445,9 +452,7 @@ def _exception_event(ctx: StageContext, value: Any, exc: BaseException) -> None:
         ctx.telemetry.emit("stage_exception", ctx.label, value, exc)
 
 
-def _unwrap(
-    ctx: StageContext, vals: list[Any], origs: list[Any]
-) -> tuple[list[Any], list[Any]]:
+def _unwrap(ctx: StageContext, vals: list[Any], origs: list[Any]) -> tuple[list[Any], list[Any]]:
     """``messages=True``: results are messages; a failed one fails its item, others carry data."""
     out_v: list[Any] = []
     out_o: list[Any] = []

@@ -6,10 +6,11 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from .._groups import is_fatal
 from .._queue import ChunkQueue
 from .._stages import Route
 from .._topology import Node
-from ._context import Emitter, StageContext, is_fatal
+from ._context import Emitter, StageContext
 from ._loop import each_chunk
 
 __all__ = ["tasks"]

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
-from .._queue import ChunkQueue
+from .._groups import is_fatal
+from .._queue import FAILED, ChunkQueue, Pending
 from .._stages import Filter, FlatMap
 from .._topology import Node
-from ._context import Emitter, StageContext, is_fatal, step_counter
+from ._context import Emitter, StageContext
 from ._loop import each_chunk
 
 __all__ = ["filter_tasks", "flat_map_tasks"]
@@ -30,40 +31,61 @@ async def _filter(
     inq: ChunkQueue, out: Emitter, ctx: StageContext, pred: Any, is_async: bool, take: int
 ) -> None:
     settler = ctx.settler
-    steps = step_counter()
-    suspends = False  # once the predicate is seen to wait, kept items are handed on one by one
+    pending = Pending()  # kept items: results[i] is the value, or FAILED for a dropped one
+    out.hold(pending)
+    # dropped items (their origins) wait here: the acker takes them when it is idle, so they
+    # are acked at once even while the predicate waits
+    dropped = Pending()
+    settler.hold_dropped(dropped)
 
     async def handle(values: list[Any], origins: list[Any]) -> None:
-        nonlocal suspends
-        keep_v: list[Any] = []
-        keep_o: list[Any] = []
-        dropped: list[Any] = []
+        results: list[Any] = []
+        drops: list[Any] = []
+        pending.start(results, origins)
+        pending.holes = True
+        dropped.start(drops, origins)
+        dropped.holes = True
+        keep_value, drop = results.append, drops.append
         for value, origin in zip(values, origins, strict=True):
-            before = steps._schedule_points
             try:
-                # bool() inside: a result without a truth value (an array) fails the item
-                keep = bool((await pred(value)) if is_async else pred(value))
+                keep = await pred(value) if is_async else pred(value)
+                if keep is not True and keep is not False:
+                    if inspect.isawaitable(keep):
+                        keep = await keep
+                    # bool() here: a result without a truth value (an array) fails the item
+                    keep = bool(keep)
             except Exception as exc:
                 if is_fatal(exc):
                     raise
                 ctx.fail(origin, value, exc)
+                keep_value(FAILED)
+                drop(FAILED)
                 continue
             if keep:
-                keep_v.append(value)
-                keep_o.append(origin)
+                keep_value(value)
+                drop(FAILED)
             else:
-                dropped.append(origin)
-            if is_async and steps._schedule_points != before:
-                suspends = True
-            if keep_v and (suspends or out.waiting):
-                await out.put_many(keep_v, keep_o)
-                keep_v, keep_o = [], []
-        if dropped:
-            settler.filtered_out(dropped)
-        if keep_v:
-            await out.put_many(keep_v, keep_o)
+                keep_value(FAILED)
+                drop(origin)
+                if settler.idle:
+                    settler.wake_acker()
+            if out.waiting:
+                out.wake()
+        got = dropped.take()
+        if got is not None:
+            settler.filtered_out(got[1])
+        await _flush(pending, out)
 
     await each_chunk(inq, ctx, take, handle, out.close_producer)
+
+
+async def _flush(pending: Pending, out: Emitter) -> None:
+    pending.busy = True
+    try:
+        while (got := pending.take()) is not None:
+            await out.put_many(*got)
+    finally:
+        pending.busy = False
 
 
 def flat_map_tasks(
@@ -79,10 +101,17 @@ def flat_map_tasks(
 async def _flat_map(inq: ChunkQueue, out: Emitter, ctx: StageContext, fn: Any, take: int) -> None:
     settler = ctx.settler
     flush_at = max(1, take)
+    pending = Pending()  # children: the next stage takes them when it is idle
+    out.hold(pending)
+
+    def add(child: Any, parent: Any) -> None:
+        parent.remaining += 1
+        pending.results.append(child)
+        pending.origins.append(parent)
+        if out.waiting:
+            out.wake()
 
     async def handle(values: list[Any], origins: list[Any]) -> None:
-        out_v: list[Any] = []
-        out_o: list[Any] = []
         for value, origin in zip(values, origins, strict=True):
             # The parent starts with one guard "child" so that children settled downstream
             # before their siblings are emitted cannot settle it early.
@@ -94,20 +123,14 @@ async def _flat_map(inq: ChunkQueue, out: Emitter, ctx: StageContext, fn: Any, t
                     result = await result
                 if isinstance(result, AsyncIterable):
                     async for child in result:
-                        parent.remaining += 1
-                        out_v.append(child)
-                        out_o.append(parent)
-                        if len(out_v) >= flush_at or out.waiting:
-                            await out.put_many(out_v, out_o)
-                            out_v, out_o = [], []
+                        add(child, parent)
+                        if len(pending) >= flush_at:
+                            await _flush(pending, out)
                 elif isinstance(result, Iterable):
                     for child in result:
-                        parent.remaining += 1
-                        out_v.append(child)
-                        out_o.append(parent)
-                        if len(out_v) >= flush_at:
-                            await out.put_many(out_v, out_o)
-                            out_v, out_o = [], []
+                        add(child, parent)
+                        if len(pending) >= flush_at:
+                            await _flush(pending, out)
                 else:
                     raise TypeError(
                         f"flat_map function returned {type(result).__name__}, "
@@ -120,7 +143,6 @@ async def _flat_map(inq: ChunkQueue, out: Emitter, ctx: StageContext, fn: Any, t
                 ctx.fail(parent, value, exc)
             else:
                 settler.ok([parent])  # release the guard
-        if out_v:
-            await out.put_many(out_v, out_o)
+        await _flush(pending, out)
 
     await each_chunk(inq, ctx, take, handle, out.close_producer)
