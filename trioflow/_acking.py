@@ -17,6 +17,8 @@ failure handler on failed ones, and hands them to the acknowledger task, which c
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from operator import attrgetter
@@ -24,6 +26,7 @@ from typing import Any, final
 
 from trio.lowlevel import ParkingLot
 
+from ._groups import is_fatal
 from ._message import NOOP_ACKNOWLEDGER, Message, reason_key
 
 __all__ = ["FailureHandler", "Fanout", "Group", "Settler"]
@@ -32,6 +35,12 @@ FailureHandler = Callable[[list[Message[Any]]], Awaitable[None] | None]
 
 
 _acknowledger_of = attrgetter("acknowledger")
+
+logger = logging.getLogger("trioflow")
+
+#: ``on_error(messages, exc)`` / ``on_error(acknowledger, messages, exc)``: instruments' hooks
+HandlerErrorHook = Callable[[list[Message[Any]], BaseException], None]
+AckErrorHook = Callable[[Any, list[Message[Any]], BaseException], None]
 
 
 @final
@@ -76,6 +85,12 @@ class Settler:
         self.filtered = 0
         self.retried = 0
         self.failed_by_reason: Counter[str] = Counter()
+        #: messages left un-acked because their ``ack`` call raised
+        self.ack_errors = 0
+        #: failed messages left un-acked because the ``on_failure`` call for them raised
+        self.failure_handler_errors = 0
+        self.on_ack_error: AckErrorHook | None = None
+        self.on_handler_error: HandlerErrorHook | None = None
         self._ok: list[Message[Any]] = []
         self._failed: list[Message[Any]] = []
         self._to_handle: list[Message[Any]] = []
@@ -213,16 +228,50 @@ class Settler:
                     await self._handler_lot.park()
                     continue
                 group, self._to_handle = self._to_handle, []
-                result = handler(group)
-                if result is not None:
-                    await result
-                for msg in group:
-                    self._failed_to_ack(msg)
+                try:
+                    result = handler(group)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception as exc:
+                    if is_fatal(exc):
+                        raise
+                    # contained: the messages are not acked at all (a broker delivers them
+                    # again), and handling goes on with the next group
+                    self._handler_failed(group, exc)
+                else:
+                    for msg in group:
+                        self._failed_to_ack(msg)
                 if self._room_lot:
                     self._room_lot.unpark_all()
         finally:
             self._handler_done = True
             self._ack_lot.unpark_all()
+
+    def _handler_failed(self, group: list[Message[Any]], exc: Exception) -> None:
+        self.failure_handler_errors += len(group)
+        logger.error(
+            "trioflow: the on_failure handler raised %r for %d message(s); they are left "
+            "un-acked (a broker delivers them again)",
+            exc,
+            len(group),
+            exc_info=exc,
+        )
+        if self.on_handler_error is not None:
+            self.on_handler_error(group, exc)
+
+    def _ack_failed(
+        self, acknowledger: Any, ok: list[Message[Any]], failed: list[Message[Any]], exc: Exception
+    ) -> None:
+        self.ack_errors += len(ok) + len(failed)
+        logger.error(
+            "trioflow: %r.ack() raised %r for %d message(s); they are left un-acked",
+            acknowledger,
+            exc,
+            len(ok) + len(failed),
+            exc_info=exc,
+        )
+        if self.on_ack_error is not None:
+            self.on_ack_error(acknowledger, [*ok, *failed], exc)
 
     def wake_acker(self) -> None:
         """Let a parked acker run (it takes what the terminals and filters hold)."""
@@ -267,7 +316,14 @@ class Settler:
             ok, self._ok = self._ok, []
             failed, self._failed = self._failed, []
             for acknowledger, succ, fail in _by_acknowledger(ok, failed):
-                await acknowledger.ack(succ, fail)
+                try:
+                    await acknowledger.ack(succ, fail)
+                except Exception as exc:
+                    if is_fatal(exc):
+                        raise
+                    # contained: this call's messages stay un-acked; others are unaffected
+                    self._ack_failed(acknowledger, succ, fail, exc)
+                    continue
                 self.acked += len(succ)
                 self.failed += len(fail)
                 for m in fail:

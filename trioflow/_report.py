@@ -120,6 +120,9 @@ class RunReport:
     them by the exception's class name or the string given to ``Message.fail``; ``retried`` the
     retry calls; ``unsettled`` what a hard stop or a drain past its deadline left un-acked.
     ``elapsed`` is in seconds of the trio clock and ``throughput`` is ``received / elapsed``.
+    ``ack_errors`` counts messages whose acknowledger's ``ack`` raised, and
+    ``failure_handler_errors`` failed messages whose ``on_failure`` call raised: both are left
+    un-acked (a broker delivers them again) and counted in ``unsettled`` too.
     ``dead_lettered`` counts the failed messages handed to the ``on_failure`` handler;
     ``end_to_end`` the latency from a message's hand-over by its source to its ack (quantiles in
     seconds, see docs/observability.md); ``sources`` what sources report about themselves (a
@@ -144,6 +147,8 @@ class RunReport:
     dead_lettered: int = 0
     end_to_end: StageStats = attrs.field(factory=lambda: StageStats(0, 0.0, 0.0, 0.0))
     sources: dict[str, dict[str, float]] = attrs.field(factory=dict)
+    ack_errors: int = 0
+    failure_handler_errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain JSON-able data (what ``trioflow run --json`` prints).

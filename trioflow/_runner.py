@@ -15,8 +15,9 @@ run then raises ``PipelineError`` naming the stage.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, final
 
 import trio
@@ -24,6 +25,7 @@ import trio
 from ._acking import Settler
 from ._exceptions import PipelineError
 from ._graph import Graph, graph_of, stage_kind, stage_order
+from ._groups import fatal_of, strip_cancelled
 from ._metrics import SNAPSHOT_VERSION, Meter, MeteredEntry, Rates, source_figures
 from ._operators import _batch, _process, _rate_limit, _route, _transform
 from ._operators._context import Emitter, StageContext, Terminal
@@ -36,6 +38,8 @@ from ._telemetry import Instrument, Telemetry
 from ._topology import TERMINAL, Node, Topology, compile_pipeline
 
 __all__ = ["ACK_BUFFER", "PipelineHandle", "run_pipeline"]
+
+logger = logging.getLogger("trioflow")
 
 #: Settled messages that may wait for their acknowledger before stages block.
 ACK_BUFFER = 4096
@@ -179,6 +183,8 @@ class _Run:
             dead_lettered=self.meter.dead_lettered,
             end_to_end=StageStats.of(self.meter.latency),
             sources=self.source_figures(),
+            ack_errors=s.ack_errors,
+            failure_handler_errors=s.failure_handler_errors,
         )
 
     def source_figures(self) -> dict[str, dict[str, float]]:
@@ -253,14 +259,64 @@ class _Run:
         }
 
     async def guard(self, label: str, fn: Callable[[], Awaitable[None]]) -> None:
-        """Run one task; a crash is recorded (first wins) and cancels the whole run."""
+        """Run one task; a crash is recorded and cancels the whole run.
+
+        A task being cancelled may end with a group of ``Cancelled`` and the errors its cleanup
+        raised (a stage function's nursery): the cancellation goes on up, and the errors are
+        recorded like any crash. The first crash is the cause, except that a ``Fatal`` comes
+        before anything else; errors raised while the run is already being torn down (by a crash,
+        a drain past its deadline or a hard stop) are logged, not reported as the cause.
+        """
         try:
             await fn()
-        except Exception as exc:
-            if self.crash is None:
-                self.crash = (label, exc)
-            assert self.outer is not None
-            self.outer.cancel()
+        except BaseException as exc:
+            error = strip_cancelled(exc)
+            if error is None or not isinstance(error, Exception):
+                raise
+            self.record(label, error, cancelled=error is not exc)
+            if isinstance(exc, BaseExceptionGroup):
+                _, cancelled = exc.split(Exception)
+                if cancelled is not None:
+                    raise cancelled from None
+
+    def record(self, label: str, error: Exception, *, cancelled: bool = False) -> None:
+        """Note a crash of task ``label`` and cancel the run (see :meth:`guard`)."""
+        assert self.outer is not None
+        fatal = fatal_of(error)
+        torn_down = cancelled or self.outer.cancel_called
+        if (self.crash is None and not (torn_down and fatal is None)) or (fatal is not None and (self.crash is None or fatal_of(self.crash[1]) is None)):
+            self.crash = (label, error)
+        else:
+            logger.warning(
+                "trioflow: %r raised while the pipeline was stopping: %r",
+                label,
+                error,
+                exc_info=error,
+            )
+        self.outer.cancel()
+
+
+@asynccontextmanager
+async def _opened(source: Source[Any]) -> AsyncIterator[Source[Any]]:
+    """Enter ``source.open()``; whatever it raises (opening, from a background task of its
+    connection, or closing) becomes a :class:`PipelineError` naming the source.
+
+    The run inside only ever ends with ``Cancelled`` (every task is guarded), so an error that
+    comes out here is the source's own, even when it arrives in an exception group.
+    """
+    entered = False
+    try:
+        async with source.open() as opened:
+            entered = True
+            yield opened
+    except BaseException as exc:
+        error = strip_cancelled(exc)
+        if error is None or not isinstance(error, Exception):
+            raise
+        if isinstance(error, PipelineError):
+            raise error from None
+        what = "failed" if entered else "could not open"
+        raise PipelineError(source.label, f"source {source.label!r} {what}: {error!r}") from error
 
 
 def _instruments(telemetry: Instrument | list[Instrument] | None) -> list[Instrument]:
@@ -292,12 +348,19 @@ async def run_pipeline(
     if handler is not None:
         handler = meter.failure_handler(handler, _on_dead_letter(tel))
     settler = meter.settler = Settler(handler, ACK_BUFFER)
+    if tel.has_ack_error:
+        settler.on_ack_error = lambda a, messages, exc: tel.emit("ack_error", a, messages, exc)
+    if tel.has_failure_handler_error:
+        settler.on_handler_error = lambda messages, exc: tel.emit(
+            "failure_handler_error", messages, exc
+        )
     run = _Run(topology, settler, tel, stop, meter)
     if tel.has_pipeline_start:
         tel.emit("pipeline_start", pipeline)
 
     queues = run.queues = [ChunkQueue(node.buffer, node.label) for node in topology.nodes]
-    end = Terminal(settler, collect, run.meter)
+    # a source alone hands straight to the end: let other tasks run once per hand-over there
+    end = Terminal(settler, collect, run.meter, yields=topology.entry == TERMINAL)
     drop = Terminal(settler, None, run.meter)
 
     def target(idx: int) -> Emitter:
@@ -309,13 +372,8 @@ async def run_pipeline(
         async with AsyncExitStack() as stack:
             sources: list[Source[Any]] = []
             for source in topology.sources:
-                try:
-                    sources.append(await stack.enter_async_context(source.open()))
-                    run.sources = sources
-                except Exception as error:
-                    raise PipelineError(
-                        source.label, f"source {source.label!r} could not open: {error!r}"
-                    ) from error
+                sources.append(await stack.enter_async_context(_opened(source)))
+                run.sources = sources
             async with trio.open_nursery() as outer:
                 run.outer = outer.cancel_scope
                 outer.start_soon(
@@ -324,7 +382,11 @@ async def run_pipeline(
                 if pipeline.failure_handler is not None:
                     outer.start_soon(run.guard, "on_failure", settler.run_failure_handler)
                 if stop is not None:
-                    outer.start_soon(_watch_stop, run, stop, drain_timeout, watcher, sources_scope)
+                    outer.start_soon(
+                        run.guard,
+                        "drain",
+                        lambda: _watch_stop(run, stop, drain_timeout, watcher, sources_scope),
+                    )
                 async with trio.open_nursery() as inner:
                     for idx, node in enumerate(topology.nodes):
                         ctx = run.contexts[idx]
@@ -336,13 +398,18 @@ async def run_pipeline(
                     inner.start_soon(_run_sources, run, tuple(sources), entry, sources_scope)
                     task_status.started(PipelineHandle(run))
                 settler.close()  # the acker ends the drain watch once the last ack is sent
+    except PipelineError as error:  # a source's (see _opened)
+        if run.crash is None:
+            run.error = error
+            raise
     finally:
         run.ended = trio.current_time()
         run.done.set()  # waiters learn the outcome below, or that there is none (cancelled)
     if run.crash is not None:
         label, exc = run.crash
-        crash = PipelineError(label, f"stage {label!r} stopped the pipeline: {exc!r}")
-        crash.__cause__ = exc
+        cause = fatal_of(exc) or exc
+        crash = PipelineError(label, f"stage {label!r} stopped the pipeline: {cause!r}")
+        crash.__cause__ = cause
         run.error = crash
         raise crash
     run.final = report = run.report()

@@ -68,6 +68,14 @@ class Instrument:
     def ack(self, acknowledger: Any, successful: int, failed: int) -> None:
         """An acknowledger was called for ``successful`` + ``failed`` messages."""
 
+    def ack_error(self, acknowledger: Any, messages: list[Any], exc: BaseException) -> None:
+        """``acknowledger.ack`` raised ``exc``: ``messages`` (a list of ``Message``) stay
+        un-acked (counted in ``unsettled`` and ``ack_errors``); the run goes on."""
+
+    def failure_handler_error(self, messages: list[Any], exc: BaseException) -> None:
+        """The ``on_failure`` handler raised ``exc`` for ``messages``: they stay un-acked
+        (counted in ``unsettled`` and ``failure_handler_errors``); the run goes on."""
+
     def demand(self, source: str, room: int) -> None:
         """``source`` asked the pipeline how much it can take: ``room`` items fit now."""
 
@@ -105,6 +113,8 @@ class Telemetry:
     has_batch: bool
     has_dead_letter: bool
     has_ack: bool
+    has_ack_error: bool
+    has_failure_handler_error: bool
 
     def __init__(self, instruments: list[Instrument]) -> None:
         self._instruments = list(instruments)

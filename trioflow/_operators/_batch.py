@@ -10,10 +10,12 @@ from typing import Any
 import trio
 
 from .._acking import Group
+from .._awaitables import checked_key
 from .._groups import is_fatal
 from .._queue import ChunkQueue
 from .._stages import Batch
 from .._topology import Node
+from .._validate import describe
 from ._context import Emitter, StageContext
 
 __all__ = ["tasks"]
@@ -127,9 +129,10 @@ async def _add_keyed(
     ctx: StageContext,
 ) -> None:
     failed = False
+    what = f"stage {ctx.label!r}: key={describe(key_fn)}"
     for value, origin in zip(values, origins, strict=True):
         try:
-            key = key_fn(value)
+            key = checked_key(key_fn(value), what)
             batch = open_.get(key)
         except Exception as exc:  # a bad key: failing key_fn or unhashable key
             if is_fatal(exc):

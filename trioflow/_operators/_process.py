@@ -25,6 +25,7 @@ from typing import Any
 import trio
 from trio.lowlevel import ParkingLot
 
+from .._awaitables import checked_key, has_awaitables
 from .._exceptions import Fatal, StageTimeout
 from .._groups import is_fatal, matches
 from .._lazy import require
@@ -32,6 +33,7 @@ from .._message import Message
 from .._queue import FAILED, ChunkQueue, Pending
 from .._stages import Process
 from .._topology import Node
+from .._validate import describe
 from ._context import Emitter, StageContext
 
 __all__ = ["tasks"]
@@ -70,8 +72,13 @@ def make_call(stage: Process[Any, Any], ctx: StageContext) -> tuple[Call, bool]:
         abandon = stage.timeout is not None
         sync_fn = fn  # bound now: ``fn`` is rebound to the wrapper below
 
+        def boxed(value: Any) -> tuple[Any]:
+            # in a box: trio refuses a coroutine as a thread's result, and one made by the
+            # function is awaited here, as when it is called inline
+            return (sync_fn(value),)
+
         async def in_thread(value: Any) -> Any:
-            result = await trio.to_thread.run_sync(sync_fn, value, abandon_on_cancel=abandon)
+            (result,) = await trio.to_thread.run_sync(boxed, value, abandon_on_cancel=abandon)
             return (await result) if inspect.isawaitable(result) else result
 
         fn, is_async = in_thread, True
@@ -158,23 +165,6 @@ def _with_retry(fn: Call, is_async: bool, stage: Process[Any, Any], ctx: StageCo
             attempt += 1
 
     return retried
-
-
-# -- awaitable results of plain functions ------------------------------------------------------
-
-_AWAITABLE: dict[type, bool] = {}
-
-
-def _has_awaitables(results: list[Any]) -> bool:
-    """Whether any result is awaitable (a plain function that returned a coroutine): one
-    look-up per distinct type, so a chunk of plain results costs one ``set(map(type, ...))``."""
-    for kind in set(map(type, results)):
-        known = _AWAITABLE.get(kind)
-        if known is None:
-            known = _AWAITABLE[kind] = hasattr(kind, "__await__")
-        if known:
-            return True
-    return False
 
 
 async def _await_results(
@@ -274,7 +264,7 @@ async def worker(
                         ctx.fail(origins[len(results)], value, exc)
                         append(FAILED)
                         pending.holes = True
-                if _has_awaitables(results):
+                if has_awaitables(results):
                     await _await_results(ctx, inputs, results, origins, pending)
             await flush(pending, out)
             if n > accounted:
@@ -483,6 +473,7 @@ def _partitioned(
     key_fn = stage.partition_by
     assert key_fn is not None
     per_worker = max(1, node.buffer // n)
+    what = f"stage {ctx.label!r}: partition_by={describe(key_fn)}"
     queues = [ChunkQueue(per_worker, f"{ctx.label}[{i}]") for i in range(n)]
     ctx.workers = n
     for q in queues:
@@ -501,7 +492,7 @@ def _partitioned(
                 failed = False
                 for value, origin in zip(values, origins, strict=True):
                     try:
-                        idx = hash(key_fn(value)) % n
+                        idx = hash(checked_key(key_fn(value), what)) % n
                     except Exception as exc:
                         if is_fatal(exc):
                             raise

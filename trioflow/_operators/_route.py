@@ -6,10 +6,12 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from .._awaitables import checked_key
 from .._groups import is_fatal
 from .._queue import ChunkQueue
 from .._stages import Route
 from .._topology import Node
+from .._validate import describe
 from ._context import Emitter, StageContext
 from ._loop import each_chunk
 
@@ -35,12 +37,13 @@ async def _run(
     take: int,
 ) -> None:
     key_fn = stage.key
+    what = f"stage {ctx.label!r}: key_fn={describe(key_fn)}"
 
     async def handle(values: list[Any], origins: list[Any]) -> None:
         parts: dict[Any, tuple[list[Any], list[Any]]] = {}
         for value, origin in zip(values, origins, strict=True):
             try:
-                key = key_fn(value)
+                key = checked_key(key_fn(value), what)
                 if key not in entries:
                     raise KeyError(
                         f"{ctx.label}: no branch for key {key!r}; "

@@ -17,9 +17,15 @@ from typing import Any, Generic, TypeVar, cast, final
 
 import trio
 
+from .._exceptions import Fatal
 from .._message import NOOP_ACKNOWLEDGER, Acknowledger, Message
 from .._sources import Outlet, Source
 from .._validate import describe
+
+
+class AckedTwice(Fatal, AssertionError):
+    """A message reached its acknowledger twice: a bug, so it stops the run (an ``ack`` that
+    raises anything else is contained, see the contract on acknowledger errors)."""
 
 __all__ = [
     "SEQ",
@@ -114,7 +120,7 @@ class RecordingAcknowledger:
         return frozenset(self._seen)
 
     async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
-        """Record a group of outcomes (and forward them); ``AssertionError`` on a double ack."""
+        """Record a group of outcomes (and forward them); :class:`AckedTwice` on a double ack."""
         self.calls += 1
         if self.delay:
             await trio.sleep(self.delay)
@@ -129,7 +135,7 @@ class RecordingAcknowledger:
         if len(group) != len(numbered) or not seen.isdisjoint(group):
             counts = Counter(numbered)
             again = sorted({s for s in numbered if counts[s] > 1 or s in seen})
-            raise AssertionError(f"messages acked twice: {SEQ} {again[:10]}")
+            raise AckedTwice(f"messages acked twice: {SEQ} {again[:10]}")
         seen |= group
         self.meter.settled += len(successful) + len(failed)
         self.acked.extend(map(_data_of, successful))
