@@ -43,4 +43,6 @@ def test_quick_bench_runs_and_checks_results(tmp_path: Path) -> None:
             assert run["elapsed"] > 0
             assert run["peak_rss_kb"] > 0
         assert rows["trio"]["ratio"]["median"] == pytest.approx(1.0)
-    assert [f["workload"] for f in report["figures"]] == ["W1", "W2", "W2"]
+    # each workload's figures: vs hand-written trio, and vs the sequential loop (the limit)
+    assert [f["workload"] for f in report["figures"]] == ["W1", "W1", "W2", "W2"]
+    assert all(f["value"] is not None for f in report["figures"])

@@ -65,7 +65,19 @@ class Fanout:
         self.reason: BaseException | str | None = None
 
 
-_TICKETS = frozenset({Message, Group, Fanout})
+#: the types of origins that are not plain data; message subclasses a source yields join them
+_TICKETS: set[type] = {Message, Group, Fanout}
+#: ``Message`` and the subclasses of it seen so far (see :func:`note_message_types`)
+MESSAGE_TYPES: set[type] = {Message}
+
+
+def note_message_types(kinds: set[type]) -> None:
+    """Make the ``Message`` subclasses among ``kinds`` (a source's item types) count as messages:
+    settled through their acknowledger, never as plain data."""
+    for kind in kinds:
+        if kind not in _TICKETS and issubclass(kind, Message):
+            _TICKETS.add(kind)
+            MESSAGE_TYPES.add(kind)
 
 
 @final
@@ -117,7 +129,7 @@ class Settler:
             self.acked += len(origins)
             return
         ok = self._ok
-        if len(kinds) == 1 and Message in kinds:
+        if len(kinds) == 1 and kinds <= MESSAGE_TYPES:
             noop = list(map(_acknowledger_of, origins)).count(NOOP_ACKNOWLEDGER)
             if noop == 0:
                 ok.extend(origins)
@@ -131,7 +143,7 @@ class Settler:
         before = len(ok)
         for o in origins:
             t = type(o)
-            if t is Message:
+            if t in MESSAGE_TYPES:
                 if o.acknowledger is NOOP_ACKNOWLEDGER:
                     raw += 1
                 else:
@@ -163,7 +175,9 @@ class Settler:
                 self._settle_fanout(origin)
             return
         msg = (
-            origin.fail(reason) if t is Message else Message(origin, status="failed", reason=reason)
+            origin.fail(reason)
+            if t in MESSAGE_TYPES
+            else Message(origin, status="failed", reason=reason)
         )
         if self.on_failure is not None:
             self._to_handle.append(msg)

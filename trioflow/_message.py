@@ -74,10 +74,14 @@ class Message(Generic[T]):
 
     def fail(self, reason: BaseException | str) -> Message[T]:
         """Return a copy marked failed with ``reason`` (an exception or a short string)."""
+        if type(self) is not Message:  # a subclass stays itself (its acknowledger expects it)
+            return attrs.evolve(self, status="failed", reason=reason)
         return Message(self.data, self.metadata, self.acknowledger, "failed", reason)
 
     def replace(self, data: U) -> Message[U]:
         """Return a copy carrying ``data`` instead, with the same metadata and origin."""
+        if type(self) is not Message:
+            return attrs.evolve(self, data=data)  # type: ignore[return-value]
         return Message(data, self.metadata, self.acknowledger, self.status, self.reason)
 
     @property

@@ -284,7 +284,9 @@ class _Run:
         assert self.outer is not None
         fatal = fatal_of(error)
         torn_down = cancelled or self.outer.cancel_called
-        if (self.crash is None and not (torn_down and fatal is None)) or (fatal is not None and (self.crash is None or fatal_of(self.crash[1]) is None)):
+        if (self.crash is None and not (torn_down and fatal is None)) or (
+            fatal is not None and (self.crash is None or fatal_of(self.crash[1]) is None)
+        ):
             self.crash = (label, error)
         else:
             logger.warning(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, final
 import attrs
 import trio
 
+from ._acking import note_message_types
 from ._message import Message
 from ._stages import Stage
 from ._validate import describe
@@ -134,14 +135,15 @@ class Outlet:
         kinds = set(map(type, items))
         if kinds == {Message} and "failed" not in set(map(_status_of, items)):
             values, origins = list(map(_data_of, items)), items  # messages only: C speed
-        elif Message in kinds:
-            failed = [m for m in items if type(m) is Message and m.status == "failed"]
+        elif any(issubclass(k, Message) for k in kinds):
+            note_message_types(kinds)  # a subclass of Message is a message too
+            failed = [m for m in items if isinstance(m, Message) and m.status == "failed"]
             if failed:
                 self._settler.received += len(failed)
                 for m in failed:
                     self._settler.fail(m, m.reason if m.reason is not None else "failed")
-                items = [m for m in items if not (type(m) is Message and m.status == "failed")]
-            values = [m.data if type(m) is Message else m for m in items]
+                items = [m for m in items if not (isinstance(m, Message) and m.status == "failed")]
+            values = [m.data if isinstance(m, Message) else m for m in items]
             origins = items
         else:
             values, origins = items, items.copy()
@@ -271,7 +273,9 @@ async def _drain_aiter(ait: AsyncIterable[Any], out: Outlet) -> None:
         async for item in iterator:
             await out.send(item)
     finally:
-        aclose = getattr(iterator, "aclose", None)
+        # close what iterating made (an async generator), never an object the caller owns and
+        # may go on using (a channel is its own iterator)
+        aclose = getattr(iterator, "aclose", None) if inspect.isasyncgen(iterator) else None
         if aclose is not None:
             with trio.move_on_after(1.0) as cleanup:
                 cleanup.shield = True

@@ -7,6 +7,7 @@ kind lives in ``_operators``; this module is pure data.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, final, overload
@@ -83,8 +84,13 @@ class Stage(Generic[In, Out]):
         return DEFAULT_BUFFER if weight <= 1 else max(2, DEFAULT_BUFFER // weight)
 
     def configure_or_call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """``stage(n=10)`` (option keywords only) configures; ``stage(item)`` calls ``fn``."""
-        if not args and kwargs and set(kwargs) <= self._options:
+        """``stage(n=10)`` (option keywords only) configures; ``stage(item)`` calls ``fn``.
+
+        A call with keywords only, one of them an option name, configures: a misspelt option
+        next to a valid one (``n=10, bufer=5``) is named, with the valid ones, rather than
+        passed to ``fn``.
+        """
+        if not args and kwargs and not set(kwargs).isdisjoint(self._options):
             return self.configure(**kwargs)
         return fn(*args, **kwargs)
 
@@ -92,8 +98,13 @@ class Stage(Generic[In, Out]):
         """A copy with ``options`` changed (validated as when built)."""
         unknown = set(options) - self._options
         if unknown:
+            hints = [
+                f"{name} (did you mean {close[0]}?)" if close else name
+                for name in sorted(unknown)
+                for close in [difflib.get_close_matches(name, self._options, n=1)]
+            ]
             raise TypeError(
-                f"{self!r}: unknown option(s) {', '.join(sorted(unknown))}; "
+                f"{self!r}: unknown option(s) {', '.join(hints)}; "
                 f"options are {', '.join(sorted(self._options))}"
             )
         return attrs.evolve(self, **options)  # type: ignore[misc]

@@ -113,8 +113,7 @@ def _chain(
     weights = []
     for stage in stages:
         weights.append(weight)
-        if isinstance(stage, Batch):
-            weight *= stage.size
+        weight = _weight_after(stage, weight)
     nxt = after
     for stage, w in zip(reversed(stages), reversed(weights), strict=True):
         idx = len(nodes)
@@ -128,6 +127,22 @@ def _chain(
             nodes[idx] = Node(stage, stage.label, buffer, TERMINAL if terminal else nxt)
         nxt = idx
     return nxt
+
+
+def _weight_after(stage: Stage[Any, Any], weight: int) -> int:
+    """Messages an item weighs after ``stage`` when it weighs ``weight`` before: a batch
+    multiplies by its size; after a route, the heaviest branch that goes on counts."""
+    if isinstance(stage, Batch):
+        return weight * stage.size
+    if isinstance(stage, Route):
+        out = weight
+        for _, branch in stage.branches:
+            w = weight
+            for inner in branch.stages:
+                w = _weight_after(inner, w)
+            out = max(out, w)
+        return out
+    return weight
 
 
 def _unique_labels(nodes: list[Node]) -> list[Node]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any
 
 
@@ -39,6 +40,23 @@ def callable_(name: str, value: Any, where: str) -> Any:
 
 def optional_callable(name: str, value: Any, where: str) -> Any:
     return None if value is None else callable_(name, value, where)
+
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = _short_repr.maxother = _short_repr.maxlong = 200
+_short_repr.maxlevel = 3
+
+
+def excerpt(value: Any, limit: int = 200) -> str:
+    """At most ``limit`` characters of ``repr(value)``, for any value (one whose ``repr`` raises
+    reads ``<unrepresentable T>``): what error notes and logs show of an item."""
+    try:
+        text = _short_repr.repr(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__qualname__}>"
+    if not isinstance(text, str):
+        return f"<unrepresentable {type(value).__qualname__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def describe(value: Any, limit: int = 60) -> str:

@@ -204,7 +204,7 @@ def test_graph_text_and_mermaid() -> None:
         "        -> noop  sink(noop)  [sink, n=1, buffer=512]",
         "      [odd]",
         "        -> batch(2)  [batch, buffer=512]",
-        "  -> filter(truthy)  [filter, buffer=512]",
+        "  -> filter(truthy)  [filter, buffer=256]",
         "  -> out  (no sink: outputs are collected or dropped)",
     ]
     assert g.mermaid().splitlines() == [

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from .._acking import Settler
+from .._message import Message
 from .._queue import Pending
 from .._report import Histogram
 from .._telemetry import Telemetry
 from .._topology import TERMINAL_DEMAND
-from .._validate import describe
+from .._validate import excerpt
 
 if TYPE_CHECKING:
     from .._metrics import Meter
@@ -173,15 +174,38 @@ class StageContext:
             self.telemetry.emit("stage_stop", self.label, items, seconds)
 
     def fail(self, origin: Any, value: Any, reason: BaseException | str) -> None:
-        """Fail one item: note the stage and item on the exception, and settle as failed."""
+        """Fail one item: note the stage and item on the exception, and settle as failed.
+
+        ``value`` is what the stage saw (a ``Message`` for a ``messages=True`` stage: its data
+        is what the note and the ``failure`` event show).
+        """
+        if isinstance(value, Message):
+            value = value.data
         if isinstance(reason, BaseException):
-            note = f"trioflow: in stage {self.label!r}, item {describe(value, 200)}"
-            notes = getattr(reason, "__notes__", ())
-            if note not in notes:
-                reason.add_note(note)
+            note_item(reason, self.label, value)
         self.failed += 1
         if self.telemetry.has_failure:
             self.telemetry.emit("failure", self.label, value, reason)
         self.settler.fail(origin, reason)
         if self.meter is not None:
             self.meter.progress()
+
+
+#: how note_item marks its notes (one per exception instance)
+NOTE_PREFIX = "trioflow: in stage "
+
+
+def note_item(exc: BaseException, label: str, value: Any) -> None:
+    """Add a note naming the stage and an excerpt of the item to ``exc``, once per exception.
+
+    One exception instance raised for many items (a shared constant) keeps its first note only;
+    an exception that cannot take notes (a frozen dataclass) is left as it is. The excerpt is
+    bounded whatever the item (see :func:`~trioflow._validate.excerpt`).
+    """
+    try:
+        notes = getattr(exc, "__notes__", None)
+        if notes and any(isinstance(n, str) and n.startswith(NOTE_PREFIX) for n in notes):
+            return
+        exc.add_note(f"{NOTE_PREFIX}{label!r}, item {excerpt(value, 200)}")
+    except Exception:
+        pass

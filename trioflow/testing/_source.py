@@ -27,6 +27,7 @@ class AckedTwice(Fatal, AssertionError):
     """A message reached its acknowledger twice: a bug, so it stops the run (an ``ack`` that
     raises anything else is contained, see the contract on acknowledger errors)."""
 
+
 __all__ = [
     "SEQ",
     "InFlightMeter",
