@@ -1,6 +1,6 @@
 """The benchmark runner: fresh subprocess per measurement, interleaved rounds, checked results.
 
-``python -m bench``                run W1-W6 (3 rounds), write bench/results/latest.{md,json}
+``python -m bench``                run W1-W7 (3 rounds), write bench/results/latest.{md,json}
 ``python -m bench --quick``        tiny sizes, 1 round (CI smoke)
 ``python -m bench --only W1,W2``   a subset
 ``python -m bench --repeat 5``     more rounds
@@ -143,18 +143,30 @@ def _throughput(run: dict[str, Any]) -> float:
 
 
 def _metric(module: Any, run: dict[str, Any]) -> dict[str, float]:
-    """The figures of one run, by the workload's kind."""
+    """The figures of one run, by the workload's kind (and its probe, measured in the child)."""
     nan = float("nan")
     ok = run.get("check") == "ok"
     res = run.get("result", {})
+    probe = run.get("probe") if ok else None
     if module.METRIC == "time":
-        return {"throughput": _throughput(run)}
+        m = {"throughput": _throughput(run)}
+        ceiling = getattr(module, "ceiling", None)
+        if ceiling is not None:
+            # the items/s this run's own probe allows, and the share of it the run reached
+            m["ceiling"] = ceiling(probe) if probe else nan
+            m["of_ceiling"] = m["throughput"] / m["ceiling"]
+        return m
     if module.METRIC == "latency":
-        return {
+        m = {
             "p50_ms": res["p50_ms"] if ok else nan,
             "p99_ms": res["p99_ms"] if ok else nan,
             "max_ms": res["max_ms"] if ok else nan,
         }
+        for name in getattr(module, "RESULT_FIGURES", ()):
+            m[name] = res[name] if ok else nan
+        for name in getattr(module, "PROBE_FIGURES", ()):
+            m[name] = probe[name] if probe else nan
+        return m
     # memory
     small, large = res.get("peak_small_kb", nan), res.get("peak_large_kb", nan)
     return {
@@ -233,28 +245,42 @@ def _paired(summary: dict[str, Any], key: str, num: str, den: str, metric: str) 
     return _stats(values)
 
 
-#: (workload, label, target text, how to compute, op, bound)
+#: (workload, label, target text, how to compute, op, bound). Every value is a ratio (or, for W7,
+#: a lateness) taken per round against a baseline measured in the same round, or in the same
+#: child process (W3's ceiling), and judged on its median over the rounds.
 FIGURES: list[tuple[str, str, str, Callable[[dict[str, Any]], Any], str, float]] = [
     ("W1", "W1 trioflow vs hand-written trio", ">= 5x",
      lambda s: _ratio(s, "W1", "trioflow"), ">=", 5.0),
+    ("W1", "W1 trioflow vs sequential loop", ">= 0.85x",
+     lambda s: _paired(s, "W1", "trioflow", "sequential", "throughput"), ">=", 0.85),
     ("W2", "W2 trioflow vs hand-written trio", ">= 30x",
      lambda s: _ratio(s, "W2", "trioflow"), ">=", 30.0),
-    ("W2", "W2 trioflow vs sequential loop", ">= 0.4x",
-     lambda s: _paired(s, "W2", "trioflow", "sequential", "throughput"), ">=", 0.4),
+    ("W2", "W2 trioflow vs sequential loop", ">= 0.6x",
+     lambda s: _paired(s, "W2", "trioflow", "sequential", "throughput"), ">=", 0.6),
     ("W3", "W3 trioflow vs trio pool of 100 tasks", ">= 0.9x",
      lambda s: _ratio(s, "W3", "trioflow"), ">=", 0.9),
+    ("W3", "W3 trioflow vs its ceiling (100 / one 1 ms sleep, same process)", ">= 0.9x",
+     lambda s: _figure(s, "W3", "trioflow", "of_ceiling"), ">=", 0.9),
     ("W4", "W4 trioflow peak RSS after 5M / after 100k", "<= 1.10",
      lambda s: _ratio(s, "W4", "trioflow"), "<=", 1.10),
     ("W5", "W5 trioflow p99 latency / hand-written trio p99", "<= 1.5x",
      lambda s: _ratio(s, "W5", "trioflow"), "<=", 1.5),
     ("W6", "W6 throughput with acks / without", ">= 0.7 (acks cost <= 30%)",
      lambda s: _ratio(s, "W6", "trioflow+acks"), ">=", 0.7),
+    ("W7", "W7 p99 lateness of a 10 ms sleeper beside trioflow W2 (ms)", "<= 5 ms",
+     lambda s: _figure(s, "W7", "trioflow", "p99_ms"), "<=", 5.0),
 ]  # fmt: skip
 
 
 def _ratio(summary: dict[str, Any], key: str, impl: str) -> Any:
     row = summary.get(key, {}).get("rows", {}).get(impl)
     return None if row is None else row["ratio"]
+
+
+def _figure(summary: dict[str, Any], key: str, impl: str, name: str) -> Any:
+    """One of a row's own figures (median, min, max over the rounds)."""
+    row = summary.get(key, {}).get("rows", {}).get(impl)
+    return None if row is None else row["figures"].get(name)
 
 
 def figures(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -323,6 +349,28 @@ def _size(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:,}" for k, v in params.items())
 
 
+#: columns a workload's probe (or extra result figures) add to its table: (title, name, digits)
+_PROBE_COLUMNS = {
+    "samples": ("wake-ups", 0),
+    "ceiling": ("ceiling (items/s)", 0),
+    "of_ceiling": ("of ceiling", 2),
+    "idle_p50_ms": ("idle p50 (ms)", 3),
+    "idle_max_ms": ("idle max (ms)", 3),
+}
+
+
+def _extra_columns(w: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """The probe's columns present in this workload's rows, in a fixed order."""
+    names: set[str] = set()
+    for row in w["rows"].values():
+        names.update(row["figures"])
+    return [(title, name, d) for name, (title, d) in _PROBE_COLUMNS.items() if name in names]
+
+
+def _cell(row: dict[str, Any], name: str, digits: int) -> str:
+    return _span(row["figures"].get(name), digits)
+
+
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [
@@ -338,8 +386,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"wall time {report['wall_s']:.0f} s. Reproduce: `{report['command']}`.",
         "",
         "Cells are median [min-max] over the rounds. Ratios are taken per round against the "
-        "baseline's run in the same round (throughput ratio: higher is faster; W5: p99 multiple, "
-        "lower is better; W4: peak RSS after the large count / after the small one).",
+        "baseline's run in the same round (throughput ratio: higher is faster; W5, W7: p99 "
+        "multiple, lower is better; W4: peak RSS after the large count / after the small one). "
+        "W3's *ceiling* is 100 / the duration of one 1 ms sleep, measured in the same child "
+        "process as the run; W7's *idle* columns are the sleeper's lateness on an idle loop in "
+        "the same process.",
         "",
         "## Figures",
         "",
@@ -352,29 +403,35 @@ def markdown(report: dict[str, Any]) -> str:
     for w in report["workloads"].values():
         lines += ["", f"## {w['title']}", "", w["description"] + ".", ""]
         base = "hand-written trio" if w["baseline"] == "trio" else w["baseline"]
+        extra = _extra_columns(w)
+        head = "".join(f" {title} |" for title, _, _ in extra)
+        rule = " --- |" * len(extra)
         if w["metric"] == "time":
             lines += [
-                f"| implementation | items | throughput (items/s) | vs {base} | peak RSS (MB) "
-                "| result |",
-                "| --- | --- | --- | --- | --- | --- |",
+                f"| implementation | items | throughput (items/s) | vs {base} |{head} "
+                "peak RSS (MB) | result |",
+                f"| --- | --- | --- | --- |{rule} --- | --- |",
             ]
             for impl, row in w["rows"].items():
+                cells = "".join(f" {_cell(row, name, d)} |" for _, name, d in extra)
                 lines.append(
                     f"| {impl} | {_size(row['params'])} | "
                     f"{_span(row['figures']['throughput'], 0)} | "
-                    f"{_span(row['ratio'])}x | {_span(row['peak_rss_mb'], 1)} | {row['check']} |"
+                    f"{_span(row['ratio'])}x |{cells} {_span(row['peak_rss_mb'], 1)} | "
+                    f"{row['check']} |"
                 )
         elif w["metric"] == "latency":
             lines += [
-                "| implementation | items | p50 (ms) | p99 (ms) | max (ms) | p99 vs hand-written "
-                "trio | result |",
-                "| --- | --- | --- | --- | --- | --- | --- |",
+                f"| implementation | items | p50 (ms) | p99 (ms) | max (ms) |{head} "
+                f"p99 vs {base} | result |",
+                f"| --- | --- | --- | --- | --- |{rule} --- | --- |",
             ]
             for impl, row in w["rows"].items():
                 f = row["figures"]
+                cells = "".join(f" {_cell(row, name, d)} |" for _, name, d in extra)
                 lines.append(
                     f"| {impl} | {_size(row['params'])} | {_span(f['p50_ms'], 3)} | "
-                    f"{_span(f['p99_ms'], 3)} | {_span(f['max_ms'], 3)} | "
+                    f"{_span(f['p99_ms'], 3)} | {_span(f['max_ms'], 3)} |{cells} "
                     f"{_span(row['ratio'])}x | {row['check']} |"
                 )
         else:

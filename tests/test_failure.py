@@ -203,7 +203,7 @@ class BrokenAcknowledger:
 
 
 async def test_exception_from_acknowledger_is_contained() -> None:
-    """Contract, second part: an ``ack`` that raises leaves its messages un-acked; the run goes on."""
+    """Contract, second part: an ``ack`` that raises leaves its messages un-acked."""
     msgs = [tf.Message(i, acknowledger=BrokenAcknowledger()) for i in range(3)]
     report = await (tf.from_iterable(msgs) | tf.sink(lambda x: None)).run()
     assert report.unsettled == report.ack_errors == 3

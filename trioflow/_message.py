@@ -81,7 +81,7 @@ class Message(Generic[T]):
     def replace(self, data: U) -> Message[U]:
         """Return a copy carrying ``data`` instead, with the same metadata and origin."""
         if type(self) is not Message:
-            return attrs.evolve(self, data=data)  # type: ignore[return-value]
+            return attrs.evolve(self, data=data)  # type: ignore[arg-type,return-value]
         return Message(data, self.metadata, self.acknowledger, self.status, self.reason)
 
     @property

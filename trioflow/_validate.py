@@ -54,8 +54,6 @@ def excerpt(value: Any, limit: int = 200) -> str:
         text = _short_repr.repr(value)
     except Exception:
         return f"<unrepresentable {type(value).__qualname__}>"
-    if not isinstance(text, str):
-        return f"<unrepresentable {type(value).__qualname__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

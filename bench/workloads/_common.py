@@ -90,8 +90,48 @@ async def aio_sleep_1ms(x: int) -> int:
 
 
 def w2_expected(n: int) -> dict[str, int]:
-    """W2/W6: ``dec(triple(inc(i)))`` summed over ``range(n)``."""
-    return {"sum": sum(3 * (i + 1) - 1 for i in range(n)), "count": n}
+    """W2/W6/W7: ``dec(triple(inc(i)))`` (``3i + 2``) summed over ``range(n)``."""
+    return {"sum": 3 * n * (n - 1) // 2 + 2 * n, "count": n}
+
+
+# -- timer probes: what the event loop itself delivers, measured in the child --------------------
+
+
+def sleep_duration_s(loop: str, delay: float, k: int) -> float:
+    """Mean seconds one ``await sleep(delay)`` takes, over ``k`` sleeps in a row in one task.
+
+    ``loop`` is ``"trio"`` or ``"asyncio"``. One warm-up sleep is not counted.
+    """
+
+    async def trio_main() -> float:
+        await trio.sleep(delay)
+        started = trio.current_time()
+        for _ in range(k):
+            await trio.sleep(delay)
+        return (trio.current_time() - started) / k
+
+    async def aio_main() -> float:
+        await asyncio.sleep(delay)
+        loop_ = asyncio.get_running_loop()
+        started = loop_.time()
+        for _ in range(k):
+            await asyncio.sleep(delay)
+        return (loop_.time() - started) / k
+
+    if loop == "trio":
+        return trio.run(trio_main)
+    return asyncio.run(aio_main())
+
+
+def quantiles_ms(values: list[float]) -> dict[str, float]:
+    """``p50_ms``, ``p99_ms``, ``max_ms`` of ``values`` (seconds); NaN when there are none."""
+    lat = sorted(values)
+    k = len(lat)
+
+    def q(f: float) -> float:
+        return lat[min(k - 1, int(f * k))] * 1e3 if lat else float("nan")
+
+    return {"p50_ms": q(0.50), "p99_ms": q(0.99), "max_ms": lat[-1] * 1e3 if lat else float("nan")}
 
 
 # -- slurry: it has no concurrent async map, so the idiomatic way is a TrioSection ------------
