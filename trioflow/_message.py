@@ -26,7 +26,8 @@ class Acknowledger(Protocol):
 
     trioflow awaits ``ack`` in groups; each message appears in exactly one call, in ``successful``
     or in ``failed`` (failed messages carry ``status == "failed"`` and a ``reason``). An exception
-    raised by ``ack`` is a bug: it stops the pipeline with a :class:`~trioflow.PipelineError`.
+    raised by ``ack`` is contained: that call's messages stay un-acked (a broker delivers them
+    again) and are counted in ``RunReport.ack_errors``; a :class:`~trioflow.Fatal` stops the run.
     ``ack`` runs in trioflow's acknowledger task; while it blocks, settled messages queue up
     behind it and back-pressure reaches the stages.
     """

@@ -51,7 +51,8 @@ class Pipeline:
 
         ``handler`` (sync or async) receives the failed *source* messages, with their original
         data and ``.reason``; after it returns they are acked as failed to their source. An
-        exception from the handler is a bug: it stops the pipeline.
+        exception from the handler (but ``Fatal``) is contained: that call's messages are left
+        un-acked (a broker delivers them again) and counted in ``failure_handler_errors``.
 
         Examples:
             >>> pipeline = pipeline.on_failure(dead_letter.write)
