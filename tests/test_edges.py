@@ -402,6 +402,33 @@ async def test_one_slow_call_does_not_strand_other_items(
     assert late == {}
 
 
+async def test_partition_by_lets_idle_workers_take_other_keys(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Defect 4, per key: a slow item holds up only its own key; every other key's items are
+    taken by the idle workers (keys 1..39 of 1 s on 3 workers: done by t=13), and items of the
+    slow key wait for it, in order."""
+    t0 = trio.current_time()
+    done: dict[tuple[int, int], float] = {}
+
+    async def work(item: tuple[int, int]) -> tuple[int, int]:
+        key, i = item
+        await trio.sleep(100 if (key, i) == (0, 0) else 1)
+        done[item] = trio.current_time() - t0
+        return item
+
+    items = [(0, 0), (0, 1), *((k, 0) for k in range(1, 40))]
+    with trio.fail_after(1000):
+        out = await tf.collect(
+            tf.from_iterable(items) | tf.process(work, n=4, partition_by=lambda it: it[0])
+        )
+    assert sorted(out) == sorted(items)
+    assert out.index((0, 0)) < out.index((0, 1))
+    assert done[(0, 0)] == 100
+    assert done[(0, 1)] == 101
+    assert {it: t for it, t in done.items() if it[0] and t > 14} == {}
+
+
 # -- defect 5: results leave as soon as they are ready -------------------------------------------
 
 

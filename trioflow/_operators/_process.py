@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import trio
 from trio.lowlevel import ParkingLot
 
-from .._awaitables import checked_key, has_awaitables
+from .._awaitables import checked_key, has_awaitables, is_awaitable
 from .._exceptions import Fatal, StageTimeout
 from .._groups import is_fatal, matches
 from .._lazy import require
@@ -468,50 +469,158 @@ def _partitioned(
     call: Call,
     is_async: bool,
 ) -> list[Callable[[], Awaitable[None]]]:
-    """``partition_by``: a dispatcher sends each key to one worker, which keeps its order."""
-    n = stage.n
+    """``partition_by``: any idle worker takes the oldest item whose key is not being worked on.
+
+    Items wait in a FIFO per key; a key is *runnable* while it has items and no call in flight.
+    So items of one key go through one at a time, in input order, and no item waits while a
+    worker is idle unless an earlier item of its key is still in a call (a slow key holds up
+    only itself). At most ``max(buffer, n)`` items are held (queued per key, in calls, or
+    finished and pending).
+    """
     key_fn = stage.partition_by
     assert key_fn is not None
-    per_worker = max(1, node.buffer // n)
-    what = f"stage {ctx.label!r}: partition_by={describe(key_fn)}"
-    queues = [ChunkQueue(per_worker, f"{ctx.label}[{i}]") for i in range(n)]
-    ctx.workers = n
-    for q in queues:
-        q.add_producer()
-    for _ in range(n):
+    part = _Partitions(ctx, out, stage, node.buffer, key_fn)
+    ctx.workers = stage.n
+    for _ in range(stage.n):
         out.add_producer()
-
-    async def dispatch() -> None:
-        try:
-            while True:
-                got = await inq.get(node.buffer)
-                if got is None:
-                    return
-                values, origins = got
-                parts: list[tuple[list[Any], list[Any]]] = [([], []) for _ in range(n)]
-                failed = False
-                for value, origin in zip(values, origins, strict=True):
-                    try:
-                        idx = hash(checked_key(key_fn(value), what)) % n
-                    except Exception as exc:
-                        if is_fatal(exc):
-                            raise
-                        ctx.fail(origin, value, exc)
-                        failed = True
-                        continue
-                    part = parts[idx]
-                    part[0].append(value)
-                    part[1].append(origin)
-                for q, (vals, origs) in zip(queues, parts, strict=True):
-                    if vals:
-                        await q.put_many(vals, origs)
-                if failed:
-                    await ctx.settler.room()
-        finally:
-            for q in queues:
-                q.close_producer()
-
     workers: list[Callable[[], Awaitable[None]]] = [
-        partial(worker, q, out, ctx, call, is_async, per_worker, stage.messages) for q in queues
+        partial(_keyed_worker, part, call, is_async) for _ in range(stage.n)
     ]
-    return [dispatch, *workers]
+    return [partial(_intake, part, inq), *workers]
+
+
+class _Partitions:
+    """What ``partition_by`` workers share: the items per key, the runnable keys, the output."""
+
+    __slots__ = (
+        "busy",
+        "by_key",
+        "ended",
+        "key_fn",
+        "pool",
+        "runnable",
+        "what",
+        "work",
+    )
+
+    def __init__(
+        self,
+        ctx: StageContext,
+        out: Emitter,
+        stage: Process[Any, Any],
+        buffer: int,
+        key_fn: Callable[[Any], Any],
+    ) -> None:
+        self.pool = _Pool(ctx, out, stage, buffer)
+        self.key_fn = key_fn
+        self.what = f"stage {ctx.label!r}: partition_by={describe(key_fn)}"
+        self.by_key: dict[Any, deque[tuple[Any, Any]]] = {}
+        self.runnable: deque[Any] = deque()
+        self.busy: set[Any] = set()
+        #: workers waiting for a runnable key
+        self.work = ParkingLot()
+        self.ended = False
+
+    def add(self, value: Any, origin: Any, key: Any) -> None:
+        items = self.by_key.get(key)
+        if items is None:
+            items = self.by_key[key] = deque()
+            if key not in self.busy:
+                self.runnable.append(key)
+                self.work.unpark()
+        items.append((value, origin))
+
+    def next_item(self) -> tuple[Any, Any, Any] | None:
+        """The head item of the oldest runnable key (now busy), or None."""
+        if not self.runnable:
+            return None
+        key = self.runnable.popleft()
+        items = self.by_key[key]
+        value, origin = items.popleft()
+        if not items:
+            del self.by_key[key]
+        self.busy.add(key)
+        return value, origin, key
+
+    def done(self, key: Any) -> None:
+        """The call for ``key`` ended: the key is runnable again if it has items."""
+        self.busy.discard(key)
+        if key in self.by_key:
+            self.runnable.append(key)
+            self.work.unpark()
+
+
+async def _intake(part: _Partitions, inq: ChunkQueue) -> None:
+    """Move items from the input into the per-key FIFOs, while fewer than the cap are held."""
+    pool = part.pool
+    ctx = pool.ctx
+    key_fn, what = part.key_fn, part.what
+    try:
+        while True:
+            await pool.room()
+            got = await inq.get(pool.cap - pool.held)
+            if got is None:
+                return
+            values, origins = got
+            failed = False
+            for value, origin in zip(values, origins, strict=True):
+                try:
+                    key = checked_key(key_fn(value), what)
+                    hash(key)
+                except Exception as exc:
+                    if is_fatal(exc):
+                        raise
+                    ctx.fail(origin, value, exc)
+                    failed = True
+                    continue
+                pool.held += 1
+                part.add(value, origin, key)
+            if failed:
+                await ctx.settler.room()
+    finally:
+        part.ended = True
+        part.work.unpark_all()
+
+
+async def _keyed_worker(part: _Partitions, call: Call, is_async: bool) -> None:
+    pool = part.pool
+    ctx, out, pending = pool.ctx, pool.out, pool.pending
+    clock = trio.current_time
+    messages, take = pool.messages, pool.take
+    try:
+        while True:
+            got = part.next_item()
+            if got is None:
+                if len(pending) and not pending.busy:
+                    await pool.flush()  # nothing to call: hand on what is done first
+                    continue
+                if part.ended and not part.by_key:
+                    return
+                await part.work.park()
+                continue
+            value, origin, key = got
+            started = clock()
+            ctx.chunk_start(1)
+            arg = _view(value, origin) if messages else value
+            try:
+                result = await call(arg) if is_async else call(arg)
+                if not is_async and is_awaitable(result):
+                    result = await result
+            except Exception as exc:
+                if is_fatal(exc):
+                    raise
+                _exception_event(ctx, arg, exc)
+                ctx.fail(origin, arg, exc)
+                result = FAILED
+            pool.finish(0, result, origin)
+            part.done(key)
+            if out.waiting:
+                out.wake()
+            if len(pending) >= take and not pending.busy:
+                await pool.flush()
+            ctx.chunk_stop(1, clock() - started)
+            await ctx.settler.room()
+    finally:
+        if part.ended and not part.by_key:
+            part.work.unpark_all()  # the others may be parked waiting for keys that never come
+        out.close_producer()
