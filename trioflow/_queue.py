@@ -119,6 +119,7 @@ class ChunkQueue:
 
     __slots__ = (
         "_getters",
+        "_head",
         "_origins",
         "_pending",
         "_producers",
@@ -134,6 +135,8 @@ class ChunkQueue:
         self.name = name
         self._values: list[Any] = []
         self._origins: list[Any] = []
+        #: items before this index were popped one by one (:meth:`pop`): dropped lazily
+        self._head = 0
         self._getters = ParkingLot()
         self._putters = ParkingLot()
         self._producers = 0
@@ -142,10 +145,17 @@ class ChunkQueue:
         self.waiting = 0
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._values) - self._head
 
     def __repr__(self) -> str:
-        return f"<ChunkQueue {self.name} {len(self._values)}/{self.capacity}>"
+        return f"<ChunkQueue {self.name} {len(self)}/{self.capacity}>"
+
+    def _compact(self) -> None:
+        # one memmove for a run of pops, not one per pop
+        head = self._head
+        del self._values[:head]
+        del self._origins[:head]
+        self._head = 0
 
     # -- producers ---------------------------------------------------------------------------
 
@@ -180,30 +190,34 @@ class ChunkQueue:
     def pop(self) -> tuple[Any, Any] | None:
         """Take one queued item without waiting (``None`` if there is none): for worker pools."""
         values = self._values
-        if not values:
+        head = self._head
+        if head >= len(values):
             return None
-        if len(values) == 1:
-            value, origin = values[0], self._origins[0]
+        value, origin = values[head], self._origins[head]
+        head += 1
+        if head == len(values):
             self._values = []
             self._origins = []
-        else:
-            # popping the head of a list is linear, but the lists are bounded by the capacity
-            # (a few hundred) and it runs at C speed
-            value = values.pop(0)
-            origin = self._origins.pop(0)
+            head = 0
+        self._head = head
         if self._putters:
             self._putters.unpark_all()
         return value, origin
 
     def unget(self, value: Any, origin: Any) -> None:
         """Put back an item just taken (at the head), for a worker that may not hold it now."""
-        self._values.insert(0, value)
-        self._origins.insert(0, origin)
+        if self._head:
+            self._head -= 1
+            self._values[self._head] = value
+            self._origins[self._head] = origin
+        else:
+            self._values.insert(0, value)
+            self._origins.insert(0, origin)
 
     @property
     def free(self) -> int:
         """Items that can be put now without blocking."""
-        return self.capacity - len(self._values)
+        return self.capacity - len(self._values) + self._head
 
     async def wait_free(self) -> int:
         """Wait until at least one item fits, and return how many do.
@@ -211,17 +225,19 @@ class ChunkQueue:
         A checkpoint for cancellation; parks (cancellable) while the queue is full.
         """
         await checkpoint_if_cancelled()
-        while len(self._values) >= self.capacity:
+        while len(self) >= self.capacity:
             await self._putters.park()
-        return self.capacity - len(self._values)
+        return self.capacity - len(self)
 
     async def put(self, value: Any, origin: Any) -> None:
         """Put one item, blocking while the queue is full (cancellable then, else no checkpoint).
 
         If cancelled while blocked, the item was not put.
         """
-        while len(self._values) >= self.capacity:
+        while len(self) >= self.capacity:
             await self._putters.park()
+        if self._head:
+            self._compact()
         self._values.append(value)
         self._origins.append(origin)
         if self.waiting:
@@ -236,6 +252,8 @@ class ChunkQueue:
         start = 0
         n = len(values)
         while start < n:
+            if self._head:
+                self._compact()
             free = self.capacity - len(self._values)
             if free <= 0:
                 await self._putters.park()
@@ -258,6 +276,8 @@ class ChunkQueue:
         The queue may then exceed ``capacity`` by that chunk (the in-flight bound counts what a
         source holds); no checkpoint, so a source being stopped cannot lose them here.
         """
+        if self._head:
+            self._compact()
         self._values.extend(values)
         self._origins.extend(origins)
         if self.waiting:
@@ -272,6 +292,8 @@ class ChunkQueue:
         least one. Waits (cancellable) while the queue is empty; never waits for more items.
         """
         await checkpoint_if_cancelled()
+        if self._head:
+            self._compact()
         values = self._values
         while not values:
             if self._pending:
@@ -285,6 +307,8 @@ class ChunkQueue:
                 await self._getters.park()
             finally:
                 self.waiting = len(self._getters)
+            if self._head:
+                self._compact()
             values = self._values
         n = len(values)
         if share > 1:
