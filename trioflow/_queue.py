@@ -120,6 +120,7 @@ class ChunkQueue:
     __slots__ = (
         "_getters",
         "_head",
+        "_want",
         "_origins",
         "_pending",
         "_producers",
@@ -137,6 +138,8 @@ class ChunkQueue:
         self._origins: list[Any] = []
         #: items before this index were popped one by one (:meth:`pop`): dropped lazily
         self._head = 0
+        #: a lazy consumer (``get(want=...)``) is parked until this many items are queued
+        self._want = 0
         self._getters = ParkingLot()
         self._putters = ParkingLot()
         self._producers = 0
@@ -242,6 +245,8 @@ class ChunkQueue:
         self._origins.append(origin)
         if self.waiting:
             self.wake()
+        elif self._want and len(self._values) >= self._want:
+            self._getters.unpark()
 
     async def put_many(self, values: list[Any], origins: list[Any]) -> None:
         """Put a chunk (the queue may keep the lists: the caller must not reuse them).
@@ -269,6 +274,8 @@ class ChunkQueue:
                 start = end
             if self.waiting:
                 self.wake()
+            elif self._want and len(self._values) >= self._want:
+                self._getters.unpark()
 
     def force_many(self, values: list[Any], origins: list[Any]) -> None:
         """Append a chunk whatever the room: for items a stopped source already holds.
@@ -282,37 +289,60 @@ class ChunkQueue:
         self._origins.extend(origins)
         if self.waiting:
             self.wake()
+        elif self._want:
+            self._getters.unpark()
 
     # -- consumers ---------------------------------------------------------------------------
 
-    async def get(self, limit: int, share: int = 1) -> Chunk | None:
+    async def get(self, limit: int, want: int = 1) -> Chunk | None:
         """Take up to ``limit`` items, or ``None`` once the stream ended and is drained.
 
-        With ``share`` > 1 (a pool of workers), take a fair share: ``len // share`` items, at
-        least one. Waits (cancellable) while the queue is empty; never waits for more items.
+        Waits (cancellable) while the queue is empty, and takes from the producers'
+        :class:`Pending` before it parks; never waits for more items. With ``want`` > 1 (a batch
+        that needs that many to fill up), it parks until that many are queued or the stream ends
+        (or the wait is cancelled: a batch's timer), and producers do not wake it item by item.
         """
         await checkpoint_if_cancelled()
         if self._head:
             self._compact()
         values = self._values
-        while not values:
-            if self._pending:
+        while len(values) < want or not values:
+            if not values and want <= 1 and self._pending:
                 got = self._steal(limit)
                 if got is not None:
                     return got
             if self._producers <= 0:
+                if values:
+                    break
                 return None
-            self.waiting += 1
-            try:
-                await self._getters.park()
-            finally:
-                self.waiting = len(self._getters)
+            if want <= 1:
+                self.waiting += 1
+                try:
+                    await self._getters.park()
+                finally:
+                    self.waiting = len(self._getters)
+            else:
+                self._want = want
+                try:
+                    await self._getters.park()
+                finally:
+                    self._want = 0
             if self._head:
                 self._compact()
             values = self._values
+        return self._take(limit)
+
+    def get_nowait(self, limit: int) -> Chunk | None:
+        """Take up to ``limit`` queued (or pending) items without waiting; ``None`` if none."""
+        if self._head:
+            self._compact()
+        if not self._values:
+            return self._steal(limit) if self._pending else None
+        return self._take(limit)
+
+    def _take(self, limit: int) -> Chunk:
+        values = self._values
         n = len(values)
-        if share > 1:
-            limit = min(limit, max(1, n // share))
         if n <= limit:
             origins = self._origins
             self._values = []

@@ -64,13 +64,26 @@ async def _run(
 
     try:
         while True:
+            # Unkeyed, once a batch is open (its timer running, if any), the stage needs
+            # ``size - len(open batch)`` more items before anything leaves but the timer: it asks
+            # the queue not to wake it for fewer. The first item of a batch is taken at once.
+            want = 1
+            if key_fn is None:
+                current = open_.get(None)
+                if current is not None:
+                    want = min(inq.capacity, size - len(current.values))
+                elif timeout == math.inf:
+                    want = min(inq.capacity, size)
             if open_ and timeout != math.inf:
                 deadline = min(b.deadline for b in open_.values())
                 got: Any = _TIMEOUT
                 with trio.move_on_at(deadline):
-                    got = await inq.get(take)
+                    got = await inq.get(take, want)
+                if got is _TIMEOUT:
+                    # what arrived by the deadline joins its batch before it leaves
+                    got = inq.get_nowait(take) or _TIMEOUT
             else:
-                got = await inq.get(take)
+                got = await inq.get(take, want)
             if got is None:
                 for key in list(open_):
                     await emit(key, open_[key], "flush")
