@@ -120,12 +120,12 @@ class ChunkQueue:
     __slots__ = (
         "_getters",
         "_head",
-        "_want",
         "_origins",
         "_pending",
         "_producers",
         "_putters",
         "_values",
+        "_want",
         "capacity",
         "name",
         "waiting",
