@@ -452,6 +452,39 @@ def clocked_source(items: Any, acker: ClockedAcknowledger) -> Any:
     return tf.from_iterable([tf.Message(x, acknowledger=acker) for x in items])
 
 
+@pytest.mark.parametrize("buffer", [None, 4])
+async def test_suspending_sink_acks_each_item_right_after_its_call(
+    buffer: int | None, autojump_clock: trio.testing.MockClock
+) -> None:
+    """No private trio state: a sink whose calls wait acks each item right after its call,
+    decided from public signals only (chunk after chunk: ``buffer=4`` over 12 items)."""
+    acker = ClockedAcknowledger()
+
+    async def save(x: int) -> None:
+        await trio.sleep(1)
+
+    with trio.fail_after(1000):
+        await (clocked_source(range(12), acker) | tf.sink(save, buffer=buffer)).run()
+    assert acker.at == {i: i + 1 for i in range(12)}
+
+
+async def test_a_pool_hands_each_result_on_as_it_finishes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A pool whose calls wait hands each result on as it finishes (no chunk held back)."""
+    acker = ClockedAcknowledger()
+
+    async def work(x: int) -> int:
+        await trio.sleep(1 + x)
+        return x
+
+    with trio.fail_after(1000):
+        await (
+            clocked_source(range(8), acker) | tf.process(work, n=8) | tf.sink(lambda x: None)
+        ).run()
+    assert acker.at == {i: i + 1 for i in range(8)}
+
+
 async def test_ordered_pool_hands_on_a_finished_head_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -117,6 +117,9 @@ class Settler:
         self._dropped: list[Any] = []
         #: 1 while the acker is parked with nothing to do
         self.idle = 0
+        #: whether any message with an acknowledger was received: until then (plain data) the
+        #: acker has nothing to do for a sink's results, and is not woken for them
+        self.acking = False
 
     # -- called by stage workers ---------------------------------------------------------------
 
@@ -296,10 +299,20 @@ class Settler:
         """Register a filter's :class:`~trioflow._queue.Pending` of dropped origins."""
         self._dropped.append(pending)
 
+    def note_acknowledgers(self, messages: list[Any]) -> None:
+        """A source handed ``messages`` over: note whether any has an acknowledger."""
+        if not self.acking and any(
+            a is not NOOP_ACKNOWLEDGER for a in map(_acknowledger_of, messages)
+        ):
+            self.acking = True
+            if self.idle:
+                self._set_idle(1)
+
     def _set_idle(self, idle: int) -> None:
         self.idle = idle
+        waiting = idle if self.acking else 0
         for terminal in self.terminals:
-            terminal.waiting = idle
+            terminal.waiting = waiting
 
     def _take_pending(self) -> bool:
         took = False

@@ -135,8 +135,12 @@ class Outlet:
         kinds = set(map(type, items))
         if kinds == {Message} and "failed" not in set(map(_status_of, items)):
             values, origins = list(map(_data_of, items)), items  # messages only: C speed
+            if not self._settler.acking:
+                self._settler.note_acknowledgers(items)
         elif any(issubclass(k, Message) for k in kinds):
             note_message_types(kinds)  # a subclass of Message is a message too
+            if not self._settler.acking:
+                self._settler.note_acknowledgers([m for m in items if isinstance(m, Message)])
             failed = [m for m in items if isinstance(m, Message) and m.status == "failed"]
             if failed:
                 self._settler.received += len(failed)

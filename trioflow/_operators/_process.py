@@ -45,6 +45,10 @@ Call = Callable[[Any], Any]
 #: time, latency) are brought up to date at most this often (seconds of the trio clock).
 ACCOUNT_EVERY = 0.05
 
+#: A chunk whose calls took at least this long per item (seconds of the trio clock) makes the
+#: worker watch the next stage after every item of its next chunk (see ``worker``).
+WATCH_ABOVE = 1e-6
+
 
 def tasks(
     node: Node, inq: ChunkQueue, out: Emitter, ctx: StageContext
@@ -219,6 +223,7 @@ async def worker(
     pending = Pending(partial(_unwrap, ctx) if messages else None)
     out.hold(pending)
     settler = ctx.settler
+    watch = True  # the first chunk watches the next stage after every item
     try:
         while True:
             got = await inq.get(take)
@@ -227,7 +232,7 @@ async def worker(
             values, origins = got
             n = len(values)
             ctx.chunk_start(n)
-            started = clock()
+            started = chunk_started = clock()
             accounted = 0
             inputs = (
                 [_view(v, o) for v, o in zip(values, origins, strict=True)] if messages else values
@@ -235,17 +240,15 @@ async def worker(
             results: list[Any] = []
             pending.start(results, origins)
             append = results.append
-            if is_async:
+            if is_async and watch:
                 for value in inputs:
                     try:
                         append(await call(value))
                     except Exception as exc:
                         if is_fatal(exc):
                             raise
-                        _exception_event(ctx, value, exc)
-                        ctx.fail(origins[len(results)], value, exc)
+                        _fail(ctx, pending, origins[len(results)], value, exc)
                         append(FAILED)
-                        pending.holes = True
                     if out.waiting:
                         # the next stage is idle: it takes what is done as soon as it runs
                         out.wake()
@@ -254,6 +257,17 @@ async def worker(
                             done = len(results)
                             ctx.chunk_stop(done - accounted, now - started)
                             started, accounted = now, done
+            elif is_async:
+                # calls that took no time last chunk: no test per item (nothing can take the
+                # results before the chunk ends unless a call suspends)
+                for value in inputs:
+                    try:
+                        append(await call(value))
+                    except Exception as exc:
+                        if is_fatal(exc):
+                            raise
+                        _fail(ctx, pending, origins[len(results)], value, exc)
+                        append(FAILED)
             else:
                 for value in inputs:
                     try:
@@ -261,18 +275,27 @@ async def worker(
                     except Exception as exc:
                         if is_fatal(exc):
                             raise
-                        _exception_event(ctx, value, exc)
-                        ctx.fail(origins[len(results)], value, exc)
+                        _fail(ctx, pending, origins[len(results)], value, exc)
                         append(FAILED)
-                        pending.holes = True
                 if has_awaitables(results):
                     await _await_results(ctx, inputs, results, origins, pending)
             await flush(pending, out)
+            now = clock()
             if n > accounted:
-                ctx.chunk_stop(n - accounted, clock() - started)
+                ctx.chunk_stop(n - accounted, now - started)
+            # Whether to watch the next stage item by item in the next chunk: only if this
+            # chunk's calls took time (they suspend, or are heavy enough that a test per item
+            # costs nothing). Calls that take no time cannot let the next stage run mid-chunk.
+            watch = now - chunk_started >= n * WATCH_ABOVE
             await settler.room()
     finally:
         out.close_producer()
+
+
+def _fail(ctx: StageContext, pending: Pending, origin: Any, value: Any, exc: Exception) -> None:
+    _exception_event(ctx, value, exc)
+    ctx.fail(origin, value, exc)
+    pending.holes = True
 
 
 class _Pool:
