@@ -155,6 +155,10 @@ def _metric(module: Any, run: dict[str, Any]) -> dict[str, float]:
             # the items/s this run's own probe allows, and the share of it the run reached
             m["ceiling"] = ceiling(probe) if probe else nan
             m["of_ceiling"] = m["throughput"] / m["ceiling"]
+            in_run = res.get("sleep_in_run_s") if ok else None
+            if in_run:
+                # the same ceiling with the sleep as the workers got it during the run
+                m["slots_busy"] = m["throughput"] / ceiling({"sleep_s": in_run})
         return m
     if module.METRIC == "latency":
         m = {
@@ -259,8 +263,8 @@ FIGURES: list[tuple[str, str, str, Callable[[dict[str, Any]], Any], str, float]]
      lambda s: _paired(s, "W2", "trioflow", "sequential", "throughput"), ">=", 0.6),
     ("W3", "W3 trioflow vs trio pool of 100 tasks", ">= 0.9x",
      lambda s: _ratio(s, "W3", "trioflow"), ">=", 0.9),
-    ("W3", "W3 trioflow vs its ceiling (100 / one 1 ms sleep, same process)", ">= 0.9x",
-     lambda s: _figure(s, "W3", "trioflow", "of_ceiling"), ">=", 0.9),
+    ("W3", "W3 trioflow vs its ceiling (100 / one 1 ms sleep as the workers got it in the run)",
+     ">= 0.9x", lambda s: _figure(s, "W3", "trioflow", "slots_busy"), ">=", 0.9),
     ("W4", "W4 trioflow peak RSS after 5M / after 100k", "<= 1.10",
      lambda s: _ratio(s, "W4", "trioflow"), "<=", 1.10),
     ("W5", "W5 trioflow p99 latency / hand-written trio p99", "<= 1.5x",
@@ -354,6 +358,7 @@ _PROBE_COLUMNS = {
     "samples": ("wake-ups", 0),
     "ceiling": ("ceiling (items/s)", 0),
     "of_ceiling": ("of ceiling", 2),
+    "slots_busy": ("of in-run ceiling", 2),
     "idle_p50_ms": ("idle p50 (ms)", 3),
     "idle_max_ms": ("idle max (ms)", 3),
 }
