@@ -32,6 +32,7 @@ from ._push import test_batch as test_batch
 from ._push import test_message as test_message
 from ._source import InFlightMeter as InFlightMeter
 from ._source import RecordedSource as RecordedSource
+from ._source import AckedTwice as AckedTwice
 from ._source import RecordingAcknowledger as RecordingAcknowledger
 from ._source import TestSource as TestSource
 from ._source import record as record
@@ -46,6 +47,7 @@ if _typing.TYPE_CHECKING:
 _STRATEGIES = ("failures", "pipelines", "retries", "stages", "tokens")
 
 __all__ = [
+    "AckedTwice",
     "check_pipeline",
     "check_pipeline_async",
     "CheckResult",
