@@ -47,7 +47,8 @@ EXIT_CODES = {
     EXIT_FAILED: "some messages failed (--failed-exit-code sets this status)",
     EXIT_USAGE: "usage error: bad option, no such file, not a pipeline",
     EXIT_CRASHED: "the pipeline stopped on a bug or tf.Fatal",
-    EXIT_UNSETTLED: "a drain passed --drain-timeout: messages were left un-acked",
+    EXIT_UNSETTLED: "messages were left un-acked (a drain passed --drain-timeout, or an "
+    "acknowledger or the on_failure handler raised)",
 }
 
 
@@ -185,7 +186,13 @@ def _totals_lines(report: RunReport) -> list[str]:
         lines.append(f"  {reason:<28} {count:>8,}")
     lines += [
         f"retried    {report.retried:>10,}",
-        f"unsettled  {report.unsettled:>10,}",
+        f"unsettled  {report.unsettled:>10,}"
+        + (
+            f"   (ack errors {report.ack_errors:,}, on_failure errors "
+            f"{report.failure_handler_errors:,}: left un-acked)"
+            if report.ack_errors or report.failure_handler_errors
+            else ""
+        ),
         f"elapsed    {report.elapsed:>10.2f} s   ({report.throughput:,.0f} messages/s)",
         f"end-to-end p50 {_ms(report.end_to_end.p50)}, p99 {_ms(report.end_to_end.p99)}",
     ]

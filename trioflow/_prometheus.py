@@ -77,10 +77,21 @@ def prometheus_collector(handle: PipelineHandle, *, pipeline: str = "") -> Any:
                 "Failed messages handed to the on_failure handler.",
                 report.dead_lettered,
             )
+            yield counter(
+                "trioflow_ack_errors",
+                "Messages left un-acked because their acknowledger's ack raised.",
+                report.ack_errors,
+            )
+            yield counter(
+                "trioflow_failure_handler_errors",
+                "Failed messages left un-acked because the on_failure handler raised.",
+                report.failure_handler_errors,
+            )
             unsettled = GaugeMetricFamily(
                 "trioflow_in_flight", "Messages received and not settled yet.", labels=base
             )
-            unsettled.add_metric(lv, report.unsettled)
+            abandoned = report.ack_errors + report.failure_handler_errors
+            unsettled.add_metric(lv, report.unsettled - abandoned)
             yield unsettled
             draining = GaugeMetricFamily(
                 "trioflow_draining", "1 while a graceful drain is under way.", labels=base

@@ -247,6 +247,8 @@ class _Run:
                 "retried": report.retried,
                 "filtered": report.filtered,
                 "dead_lettered": report.dead_lettered,
+                "ack_errors": report.ack_errors,
+                "failure_handler_errors": report.failure_handler_errors,
                 "failed_by_reason": report.failed_by_reason,
                 "ingest_rate": rates[0],
                 "settle_rate": rates[1],
