@@ -194,3 +194,19 @@ async def test_fatal_from_failure_handler_still_stops_after_a_contained_error(
         await (tf.from_iterable(range(10)) | tf.sink(fails)).on_failure(dead_letter).run()
     assert info.value.__cause__ is fatal
     assert calls == 2
+
+
+async def test_contained_errors_are_in_the_snapshot_and_prometheus() -> None:
+    """The counts reach a service's live snapshot and its /metrics text too."""
+    from trioflow.observe import prometheus_text
+
+    msgs = [tf.Message(i, acknowledger=Broken(RuntimeError("blip"))) for i in range(3)]
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start((tf.from_iterable(msgs) | tf.sink(lambda x: None)).serve)
+        report = await handle.wait()
+        totals = handle.snapshot()["totals"]
+        text = prometheus_text(handle).decode()
+    assert report.ack_errors == 3
+    assert totals["ack_errors"] == 3
+    assert totals["failure_handler_errors"] == 0
+    assert "trioflow_ack_errors_total" in text
