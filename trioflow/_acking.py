@@ -27,7 +27,7 @@ from typing import Any, final
 from trio.lowlevel import ParkingLot
 
 from ._groups import is_fatal
-from ._message import NOOP_ACKNOWLEDGER, Message, reason_key
+from ._message import NOOP_ACKNOWLEDGER, FailureAction, Message, reason_key
 
 __all__ = ["FailureHandler", "Fanout", "Group", "Settler"]
 
@@ -57,12 +57,13 @@ class Group:
 class Fanout:
     """A ``flat_map`` parent: settled when its last child is, failed if any child failed."""
 
-    __slots__ = ("origin", "reason", "remaining")
+    __slots__ = ("action", "origin", "reason", "remaining")
 
     def __init__(self, origin: Any) -> None:
         self.origin = origin
         self.remaining = 0
         self.reason: BaseException | str | None = None
+        self.action: FailureAction | None = None
 
 
 #: the types of origins that are not plain data; message subclasses a source yields join them
@@ -163,24 +164,28 @@ class Settler:
         if len(ok) != before and self._ack_lot:
             self._ack_lot.unpark()
 
-    def fail(self, origin: Any, reason: BaseException | str) -> None:
-        """Settle ``origin`` as failed with ``reason`` (every member, for a batch)."""
+    def fail(
+        self, origin: Any, reason: BaseException | str, action: FailureAction | None = None
+    ) -> None:
+        """Settle ``origin`` as failed with ``reason`` (every member, for a batch), and the
+        ``action`` its broker source is to take (None: the source's default)."""
         t = type(origin)
         if t is Group:
             for member in origin.members:
-                self.fail(member, reason)
+                self.fail(member, reason, action)
             return
         if t is Fanout:
             if origin.reason is None:
                 origin.reason = reason
+                origin.action = action
             origin.remaining -= 1
             if origin.remaining == 0:
                 self._settle_fanout(origin)
             return
         msg = (
-            origin.fail(reason)
+            origin.fail(reason, action=action)
             if t in MESSAGE_TYPES
-            else Message(origin, status="failed", reason=reason)
+            else Message(origin, status="failed", reason=reason, action=action)
         )
         if self.on_failure is not None:
             self._to_handle.append(msg)
@@ -214,7 +219,7 @@ class Settler:
         if fanout.reason is None:
             self.ok([fanout.origin])
         else:
-            self.fail(fanout.origin, fanout.reason)
+            self.fail(fanout.origin, fanout.reason, fanout.action)
 
     def _failed_to_ack(self, msg: Message[Any]) -> None:
         if msg.acknowledger is NOOP_ACKNOWLEDGER:

@@ -13,11 +13,22 @@ import attrs
 
 from ._groups import leaves
 
-__all__ = ["NOOP_ACKNOWLEDGER", "Acknowledger", "Message", "NoopAcknowledger", "Status"]
+__all__ = [
+    "ACTIONS",
+    "NOOP_ACKNOWLEDGER",
+    "Acknowledger",
+    "FailureAction",
+    "Message",
+    "NoopAcknowledger",
+    "Status",
+]
 
 T = TypeVar("T")
 U = TypeVar("U")
 Status = Literal["ok", "failed"]
+#: what a broker source does with a failed message (``Message.fail(reason, action=...)``)
+FailureAction = Literal["redeliver", "dead_letter", "discard"]
+ACTIONS: tuple[str, ...] = ("redeliver", "dead_letter", "discard")
 
 
 @runtime_checkable
@@ -72,18 +83,52 @@ class Message(Generic[T]):
     acknowledger: Acknowledger = NOOP_ACKNOWLEDGER
     status: Status = "ok"
     reason: BaseException | str | None = None
+    #: for a failed message: what its broker source should do with it (None: the source's
+    #: default ``on_failure``)
+    action: FailureAction | None = None
 
-    def fail(self, reason: BaseException | str) -> Message[T]:
-        """Return a copy marked failed with ``reason`` (an exception or a short string)."""
+    def fail(
+        self, reason: BaseException | str, *, action: FailureAction | None = None
+    ) -> Message[T]:
+        """Return a copy marked failed with ``reason`` (an exception or a short string).
+
+        ``action`` tells a broker source what to do with it: ``"redeliver"`` (let the broker
+        deliver it again), ``"dead_letter"``, ``"discard"`` (ack it and drop it), or ``None``
+        (the source's ``on_failure`` default).
+
+        Examples:
+            >>> msg.fail("schema mismatch", action="dead_letter").action
+            'dead_letter'
+        """
+        if action is not None and action not in ACTIONS:
+            raise ValueError(
+                f"action={action!r} must be one of {', '.join(map(repr, ACTIONS))} or None"
+            )
         if type(self) is not Message:  # a subclass stays itself (its acknowledger expects it)
-            return attrs.evolve(self, status="failed", reason=reason)
-        return Message(self.data, self.metadata, self.acknowledger, "failed", reason)
+            return attrs.evolve(self, status="failed", reason=reason, action=action)
+        return Message(self.data, self.metadata, self.acknowledger, "failed", reason, action)
 
-    def replace(self, data: U) -> Message[U]:
-        """Return a copy carrying ``data`` instead, with the same metadata and origin."""
+    def replace(self, data: U, *, metadata: dict[str, Any] | None = None) -> Message[U]:
+        """Return a copy carrying ``data`` instead (and ``metadata``, if given), same origin.
+
+        Examples:
+            >>> msg.replace(decoded, metadata={**msg.metadata, "schema": 2})
+        """
+        meta = self.metadata if metadata is None else metadata
         if type(self) is not Message:
-            return attrs.evolve(self, data=data)  # type: ignore[arg-type,return-value]
-        return Message(data, self.metadata, self.acknowledger, self.status, self.reason)
+            return attrs.evolve(self, data=data, metadata=meta)  # type: ignore[arg-type,return-value]
+        return Message(data, meta, self.acknowledger, self.status, self.reason, self.action)
+
+    def with_metadata(self, **updates: Any) -> Message[T]:
+        """Return a copy whose metadata is this one's updated with ``updates``.
+
+        Later stages, the ``on_failure`` handler and the source's acknowledger see it.
+
+        Examples:
+            >>> msg.with_metadata(tenant="acme").metadata["tenant"]
+            'acme'
+        """
+        return self.replace(self.data, metadata={**self.metadata, **updates})
 
     @property
     def failed(self) -> bool:
@@ -98,6 +143,8 @@ class Message(Generic[T]):
             parts.append(f"acknowledger={self.acknowledger!r}")
         if self.status != "ok":
             parts.append(f"status={self.status!r}, reason={self.reason!r}")
+        if self.action is not None:
+            parts.append(f"action={self.action!r}")
         return f"Message({', '.join(parts)})"
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from .._acking import Settler
-from .._message import Message
+from .._message import FailureAction, Message
 from .._queue import Pending
 from .._report import Histogram
 from .._telemetry import Telemetry
@@ -173,7 +173,13 @@ class StageContext:
         if self.telemetry.has_stage_stop:
             self.telemetry.emit("stage_stop", self.label, items, seconds)
 
-    def fail(self, origin: Any, value: Any, reason: BaseException | str) -> None:
+    def fail(
+        self,
+        origin: Any,
+        value: Any,
+        reason: BaseException | str,
+        action: FailureAction | None = None,
+    ) -> None:
         """Fail one item: note the stage and item on the exception, and settle as failed.
 
         ``value`` is what the stage saw (a ``Message`` for a ``messages=True`` stage: its data
@@ -186,7 +192,7 @@ class StageContext:
         self.failed += 1
         if self.telemetry.has_failure:
             self.telemetry.emit("failure", self.label, value, reason)
-        self.settler.fail(origin, reason)
+        self.settler.fail(origin, reason, action)
         if self.meter is not None:
             self.meter.progress()
 

@@ -26,6 +26,7 @@ from typing import Any
 import trio
 from trio.lowlevel import ParkingLot
 
+from .._acking import Fanout, Group
 from .._awaitables import checked_key, has_awaitables, is_awaitable
 from .._exceptions import Fatal, StageTimeout
 from .._groups import is_fatal, matches
@@ -466,21 +467,41 @@ def _exception_event(ctx: StageContext, value: Any, exc: BaseException) -> None:
         ctx.telemetry.emit("stage_exception", ctx.label, value, exc)
 
 
-def _unwrap(ctx: StageContext, vals: list[Any], origs: list[Any]) -> tuple[list[Any], list[Any]]:
-    """``messages=True``: results are messages; a failed one fails its item, others carry data."""
+def _unwrap(
+    ctx: StageContext, vals: list[Any], origs: list[Any]
+) -> tuple[list[Any], list[Any]]:
+    """``messages=True``: results are messages; a failed one fails its item, others carry data.
+
+    A result whose metadata differs from its origin's carries it on: the origin is replaced by a
+    copy with that metadata, so later stages, ``on_failure`` and the acknowledger see it.
+    """
     out_v: list[Any] = []
     out_o: list[Any] = []
     for result, origin in zip(vals, origs, strict=True):
         if isinstance(result, Message):
+            origin = _carry_metadata(result, origin)
             if result.status == "failed":
                 ctx.fail(
-                    origin, result.data, result.reason if result.reason is not None else "failed"
+                    origin,
+                    result.data,
+                    result.reason if result.reason is not None else "failed",
+                    result.action,
                 )
                 continue
             result = result.data
         out_v.append(result)
         out_o.append(origin)
     return out_v, out_o
+
+
+def _carry_metadata(result: Message[Any], origin: Any) -> Any:
+    if isinstance(origin, Message):
+        if result.metadata is origin.metadata:
+            return origin
+        return origin.replace(origin.data, metadata=result.metadata)
+    if type(origin) in (Group, Fanout) or not result.metadata:
+        return origin
+    return Message(origin, result.metadata)  # plain data: on_failure still sees the metadata
 
 
 def _partitioned(

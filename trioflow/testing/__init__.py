@@ -30,9 +30,9 @@ from ._push import Outcome as Outcome
 from ._push import PushSource as PushSource
 from ._push import test_batch as test_batch
 from ._push import test_message as test_message
+from ._source import AckedTwice as AckedTwice
 from ._source import InFlightMeter as InFlightMeter
 from ._source import RecordedSource as RecordedSource
-from ._source import AckedTwice as AckedTwice
 from ._source import RecordingAcknowledger as RecordingAcknowledger
 from ._source import TestSource as TestSource
 from ._source import record as record
