@@ -145,9 +145,7 @@ class Outlet:
             if failed:
                 self._settler.received += len(failed)
                 for m in failed:
-                    self._settler.fail(
-                        m, m.reason if m.reason is not None else "failed", m.action
-                    )
+                    self._settler.fail(m, m.reason if m.reason is not None else "failed", m.action)
                 items = [m for m in items if not (isinstance(m, Message) and m.status == "failed")]
             values = [m.data if isinstance(m, Message) else m for m in items]
             origins = items

@@ -467,9 +467,7 @@ def _exception_event(ctx: StageContext, value: Any, exc: BaseException) -> None:
         ctx.telemetry.emit("stage_exception", ctx.label, value, exc)
 
 
-def _unwrap(
-    ctx: StageContext, vals: list[Any], origs: list[Any]
-) -> tuple[list[Any], list[Any]]:
+def _unwrap(ctx: StageContext, vals: list[Any], origs: list[Any]) -> tuple[list[Any], list[Any]]:
     """``messages=True``: results are messages; a failed one fails its item, others carry data.
 
     A result whose metadata differs from its origin's carries it on: the origin is replaced by a
