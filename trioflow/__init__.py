@@ -9,6 +9,8 @@ Examples:
     >>> report = trio.run(pipeline.run)
 """
 
+from ._batches import Batch as Batch
+from ._batches import BatchInfo as BatchInfo
 from ._consumer import Consumer as Consumer
 from ._consumer import ConsumerContext as ConsumerContext
 from ._decode import DecodeError as DecodeError
@@ -46,6 +48,8 @@ from ._stages import stage as stage
 __all__ = [
     "DEFAULT_BUFFER",
     "Backoff",
+    "Batch",
+    "BatchInfo",
     "Consumer",
     "ConsumerContext",
     "ConsumerManager",

@@ -12,7 +12,7 @@ from typing import Any, final
 import attrs
 
 from ._pipeline import Pipeline
-from ._stages import Batch, Filter, FlatMap, Process, RateLimit, Route, Stage
+from ._stages import BatchStage, Filter, FlatMap, Process, RateLimit, Route, Stage
 from ._topology import TERMINAL, Topology, compile_pipeline
 
 __all__ = [
@@ -31,7 +31,7 @@ def stage_kind(stage: Stage[Any, Any]) -> str:
     if isinstance(stage, Process):
         return "sink" if stage.terminal else "process"
     for cls, kind in (
-        (Batch, "batch"),
+        (BatchStage, "batch"),
         (Filter, "filter"),
         (FlatMap, "flat_map"),
         (RateLimit, "rate_limit"),

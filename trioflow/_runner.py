@@ -33,7 +33,7 @@ from ._pipeline import Pipeline
 from ._queue import ChunkQueue
 from ._report import Histogram, RunReport, StageStats
 from ._sources import Outlet, Source
-from ._stages import Batch, Filter, FlatMap, Process, RateLimit, Route
+from ._stages import BatchStage, Filter, FlatMap, Process, RateLimit, Route
 from ._telemetry import Instrument, Telemetry
 from ._topology import TERMINAL, Node, Topology, compile_pipeline
 
@@ -122,6 +122,8 @@ class _Run:
             StageContext(n.label, settler, self.histograms[n.label], telemetry, self.meter)
             for n in topology.nodes
         ]
+        for ctx in self.contexts:
+            ctx.draining = self.is_draining
         self.queues: list[ChunkQueue] = []
         self.sources: list[Source[Any]] = []
         self.rates = Rates()
@@ -140,6 +142,9 @@ class _Run:
         self.draining = True
         for outlet in self.outlets:
             outlet.stop()
+
+    def is_draining(self) -> bool:
+        return self.draining
 
     def state(self) -> str:
         if self.ended is not None:
@@ -460,7 +465,7 @@ def _node_tasks(
     out = target(node.next)
     if isinstance(stage, Process):
         return _process.tasks(node, inq, drop if stage.terminal else out, ctx)
-    if isinstance(stage, Batch):
+    if isinstance(stage, BatchStage):
         return _batch.tasks(node, inq, out, ctx)
     if isinstance(stage, Filter):
         return _transform.filter_tasks(node, inq, out, ctx)

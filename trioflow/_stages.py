@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BUFFER",
-    "Batch",
+    "BatchStage",
     "Filter",
     "FlatMap",
     "Process",
@@ -365,23 +365,39 @@ def flat_map(
     return FlatMap(fn, buffer, name)
 
 
+#: ``batch``'s default timeout (Broadway's ``batch_timeout``): a quiet service never holds a
+#: partial batch longer than this
+DEFAULT_BATCH_TIMEOUT = 1.0
+
+
 @final
 @attrs.frozen(repr=False)
-class Batch(Stage[In, list[In]]):
-    """Group items into lists; see :func:`batch`."""
+class BatchStage(Stage[In, list[In]]):
+    """Group items into :class:`~trioflow.Batch` lists; see :func:`batch`."""
 
     size: int
-    timeout: float | None = None
+    timeout: float | None = DEFAULT_BATCH_TIMEOUT
     key: Callable[[Any], Hashable] | None = None
     buffer: int | None = None
     name: str | None = None
-    _options: ClassVar[frozenset[str]] = frozenset({"size", "timeout", "key", "buffer", "name"})
+    weight: Callable[[Any], float] | None = None
+    max_weight: float | None = None
+    _options: ClassVar[frozenset[str]] = frozenset(
+        {"size", "timeout", "key", "buffer", "name", "weight", "max_weight"}
+    )
 
     def __attrs_post_init__(self) -> None:
         v.positive_int("size", self.size)
         v.optional_positive_number("timeout", self.timeout)
         v.optional_callable("key", self.key, "batch")
         v.optional_positive_int("buffer", self.buffer)
+        v.optional_callable("weight", self.weight, "batch")
+        v.optional_positive_number("max_weight", self.max_weight)
+        if self.max_weight is not None and self.weight is None:
+            raise ValueError(
+                f"batch: max_weight={self.max_weight!r} needs weight= (a function giving each "
+                "item's weight, e.g. weight=len for bytes)"
+            )
 
     @property
     def label(self) -> str:
@@ -391,29 +407,39 @@ class Batch(Stage[In, list[In]]):
         args = [repr(self.size)]
         if self.timeout is not None:
             args.append(repr(self.timeout))
+        else:
+            args.append("timeout=None")
         args += _fmt_options(self, ("size", "timeout"))
         return f"batch({', '.join(args)})"
 
 
 def batch(
     size: int,
-    timeout: float | None = None,
+    timeout: float | None = DEFAULT_BATCH_TIMEOUT,
     *,
     key: Callable[[In], Hashable] | None = None,
+    weight: Callable[[In], float] | None = None,
+    max_weight: float | None = None,
     buffer: int | None = None,
     name: str | None = None,
-) -> Batch[In]:
-    """Emit lists of at most ``size`` items.
+) -> BatchStage[In]:
+    """Emit :class:`~trioflow.Batch` lists of at most ``size`` items.
 
-    A partial batch is emitted ``timeout`` seconds after its first item arrived (never, with
-    ``timeout=None``, until the input ends). With ``key=fn`` items are batched separately per key,
-    each batch with its own timer. At the end of input, and on a graceful drain, every partial
-    batch is flushed. A batch holds at most ``size`` items per open key in memory.
+    A partial batch is emitted ``timeout`` seconds after its first item arrived (1.0 s by
+    default, as in Broadway; with ``timeout=None`` only full batches leave, and partial ones at
+    the end of input). With ``key=fn`` items are batched separately per key, each batch with its
+    own timer. With ``weight=fn`` and ``max_weight=w`` a batch also leaves before the item that
+    would take its total weight past ``w`` (byte limits of brokers and APIs: ``weight=len``); an
+    item heavier than ``w`` alone fails with a ``ValueError`` naming its weight and the limit.
+    At the end of input, and on a graceful drain, every partial batch is flushed. Each batch
+    carries ``batch.info`` (:class:`~trioflow.BatchInfo`): key, size, weight, what made it leave,
+    and the route branch. A batch holds at most ``size`` items per open key in memory.
 
     Examples:
         >>> rows = batch(100, 1.0, key=lambda event: event.tenant)
+        >>> requests = batch(500, weight=len, max_weight=256_000)
     """
-    return Batch(size, timeout, key, buffer, name)
+    return BatchStage(size, timeout, key, buffer, name, weight, max_weight)
 
 
 @final

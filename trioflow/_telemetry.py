@@ -8,7 +8,9 @@ exception is logged once on the ``trioflow`` logger.
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,8 +61,10 @@ class Instrument:
     def batch_start(self, stage: str) -> None:
         """``stage`` opened a new batch (its timer, if any, starts now)."""
 
-    def batch(self, stage: str, size: int, trigger: str) -> None:
-        """``stage`` emitted a batch of ``size`` items (``trigger``: size, timeout or flush)."""
+    def batch(self, stage: str, size: int, trigger: str, info: Any = None) -> None:
+        """``stage`` emitted a batch of ``size`` items; ``trigger`` is why it left (``"size"``,
+        ``"weight"``, ``"timeout"``, ``"end"``, ``"drain"``) and ``info`` its
+        :class:`~trioflow.BatchInfo` (an override may leave ``info`` out)."""
 
     def dead_letter(self, messages: int) -> None:
         """``messages`` failed messages were handed to the ``on_failure`` handler."""
@@ -91,6 +95,34 @@ _HOOKS = tuple(
     for name in vars(Instrument)
     if not name.startswith("_") and callable(vars(Instrument)[name])
 )
+
+
+def _arity(fn: Callable[..., Any]) -> int:
+    params = inspect.signature(fn).parameters.values()
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+#: how many arguments each hook is called with (``self`` aside)
+_ARITY = {hook: _arity(getattr(Instrument, hook)) - 1 for hook in _HOOKS}
+
+
+def _adapted(method: Callable[..., Any], arity: int) -> Callable[..., Any]:
+    """``method``, or a wrapper passing only the positional arguments it takes: a hook that
+    gained an argument (``batch``'s ``info``) keeps working with overrides written before."""
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return method
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return method
+    positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    if positional >= arity:
+        return method
+
+    def call(*args: Any) -> Any:
+        return method(*args[:positional])
+
+    return call
 
 
 class Telemetry:
@@ -124,7 +156,7 @@ class Telemetry:
     def _rebuild(self) -> None:
         for hook in _HOOKS:
             targets = [
-                i
+                (i, _adapted(getattr(i, hook), _ARITY[hook]))
                 for i in self._instruments
                 if getattr(type(i), hook, None) is not getattr(Instrument, hook)
             ]
@@ -133,10 +165,10 @@ class Telemetry:
 
     def emit(self, hook: str, *args: Any) -> None:
         """Call ``hook(*args)`` on every instrument that has it; remove any that raises."""
-        targets: list[Instrument] = getattr(self, f"_{hook}_targets")
-        for instrument in targets:
+        targets: list[tuple[Instrument, Callable[..., Any]]] = getattr(self, f"_{hook}_targets")
+        for instrument, method in targets:
             try:
-                getattr(instrument, hook)(*args)
+                method(*args)
             except Exception:
                 self._remove(instrument, hook)
 

@@ -16,7 +16,7 @@ import attrs
 from ._exceptions import InvalidPipeline
 from ._pipeline import Pipeline
 from ._sources import Source
-from ._stages import Batch, FlatMap, Process, Route, Stage
+from ._stages import BatchStage, FlatMap, Process, Route, Stage
 
 __all__ = ["TERMINAL", "TERMINAL_DEMAND", "Node", "Topology", "compile_pipeline"]
 
@@ -35,6 +35,8 @@ class Node:
     buffer: int
     next: int
     branches: tuple[tuple[Any, int], ...] = ()
+    #: the key of the innermost route branch the stage is in (None: not in a branch)
+    branch: Any = None
 
 
 @final
@@ -107,7 +109,11 @@ def compile_pipeline(pipeline: Pipeline, *, ack_buffer: int) -> Topology:
 
 
 def _chain(
-    stages: tuple[Stage[Any, Any], ...], after: int, nodes: list[Node | None], weight: int = 1
+    stages: tuple[Stage[Any, Any], ...],
+    after: int,
+    nodes: list[Node | None],
+    weight: int = 1,
+    branch: Any = None,
 ) -> int:
     """Lay out ``stages`` (whose first input items weigh ``weight`` messages) before ``after``."""
     weights = []
@@ -120,11 +126,13 @@ def _chain(
         nodes.append(None)
         buffer = stage.input_buffer(w)
         if isinstance(stage, Route):
-            branches = tuple((key, _chain(b.stages, nxt, nodes, w)) for key, b in stage.branches)
-            nodes[idx] = Node(stage, stage.label, buffer, nxt, branches)
+            branches = tuple(
+                (key, _chain(b.stages, nxt, nodes, w, key)) for key, b in stage.branches
+            )
+            nodes[idx] = Node(stage, stage.label, buffer, nxt, branches, branch)
         else:
             terminal = isinstance(stage, Process) and stage.terminal
-            nodes[idx] = Node(stage, stage.label, buffer, TERMINAL if terminal else nxt)
+            nodes[idx] = Node(stage, stage.label, buffer, TERMINAL if terminal else nxt, (), branch)
         nxt = idx
     return nxt
 
@@ -132,7 +140,7 @@ def _chain(
 def _weight_after(stage: Stage[Any, Any], weight: int) -> int:
     """Messages an item weighs after ``stage`` when it weighs ``weight`` before: a batch
     multiplies by its size; after a route, the heaviest branch that goes on counts."""
-    if isinstance(stage, Batch):
+    if isinstance(stage, BatchStage):
         return weight * stage.size
     if isinstance(stage, Route):
         out = weight
@@ -168,7 +176,7 @@ def _bound(topology: Topology, idx: int, stop: int, weight: int) -> tuple[int, i
         buf = node.buffer
         if isinstance(stage, FlatMap):
             return None
-        if isinstance(stage, Batch):
+        if isinstance(stage, BatchStage):
             if stage.key is not None:
                 return None
             total += (2 * buf + stage.size - 1) * weight

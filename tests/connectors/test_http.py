@@ -571,5 +571,5 @@ def test_reprs() -> None:
     client = httpx.AsyncClient()
     out = HttpSink(client, "http://h/x")
     assert repr(HttpSource(client, "http://h/feed") | tf.batch(10) | tf.sink(out)) == (
-        "HttpSource('http://h/feed') | batch(10) | sink(HttpSink(POST http://h/x))"
+        "HttpSource('http://h/feed') | batch(10, 1.0) | sink(HttpSink(POST http://h/x))"
     )

@@ -199,11 +199,11 @@ def test_graph_text_and_mermaid() -> None:
     assert g.text().splitlines() == [
         "from_iterable(range(0, 4))",
         "  -> sleep_1  process(sleep_1, n=3)  [process, n=3, buffer=512]",
-        "  -> route(key)  route(key, {'even': sink(noop), 'odd': batch(2)})  [route, buffer=512]",
+        "  -> route(key)  route(key, {'even': sink(noop), 'odd': batch(2, 1.0)})  [route, buffer=512]",
         "      [even]",
         "        -> noop  sink(noop)  [sink, n=1, buffer=512]",
         "      [odd]",
-        "        -> batch(2)  [batch, buffer=512]",
+        "        -> batch(2, 1.0)  [batch, buffer=512]",
         "  -> filter(truthy)  [filter, buffer=256]",
         "  -> out  (no sink: outputs are collected or dropped)",
     ]
@@ -213,7 +213,7 @@ def test_graph_text_and_mermaid() -> None:
         '    s0["sleep_1<br/><small>process x3</small>"]',
         '    s1{"route(key)<br/><small>route</small>"}',
         '    s2["noop<br/><small>sink</small>"]',
-        '    s3["batch(2)<br/><small>batch</small>"]',
+        '    s3["batch(2, 1.0)<br/><small>batch</small>"]',
         '    s4["filter(truthy)<br/><small>filter</small>"]',
         '    out(["out"])',
         "    source --> s0",

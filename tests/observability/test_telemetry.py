@@ -116,7 +116,7 @@ async def test_every_event_with_its_arguments(autojump_clock: trio.abc.Clock) ->
     assert rec.named("batch") == [
         ("batch", "batch(2, 10.0)", 2, "size"),
         ("batch", "batch(2, 10.0)", 2, "size"),
-        ("batch", "batch(2, 10.0)", 1, "flush"),
+        ("batch", "batch(2, 10.0)", 1, "end"),
     ]
     assert len(rec.named("batch_start")) == 3
     # per chunk: the items every stage_stop reports add up to the items through the stage

@@ -11,9 +11,10 @@ import trio
 
 from .._acking import Group
 from .._awaitables import checked_key
+from .._batches import Batch, BatchInfo, Trigger
 from .._groups import is_fatal
 from .._queue import ChunkQueue
-from .._stages import Batch
+from .._stages import BatchStage
 from .._topology import Node
 from .._validate import describe
 from ._context import Emitter, StageContext
@@ -22,13 +23,14 @@ __all__ = ["tasks"]
 
 
 class _Open:
-    """A partial batch: values, their origins, and when it must leave."""
+    """A partial batch: values, their origins, its weight, and when it must leave."""
 
-    __slots__ = ("deadline", "opened", "origins", "values")
+    __slots__ = ("deadline", "opened", "origins", "values", "weight")
 
     def __init__(self, opened: float, timeout: float) -> None:
-        self.values: list[Any] = []
+        self.values: Batch[Any] = Batch()
         self.origins: list[Any] = []
+        self.weight: float = 0
         self.opened = opened
         self.deadline = opened + timeout
 
@@ -38,29 +40,38 @@ def tasks(
 ) -> list[Callable[[], Awaitable[None]]]:
     """One task per batch stage."""
     stage = node.stage
-    assert isinstance(stage, Batch)
+    assert isinstance(stage, BatchStage)
     out.add_producer()
-    return [partial(_run, stage, inq, out, ctx, node.buffer)]
+    return [partial(_run, stage, inq, out, ctx, node.buffer, node.branch)]
 
 
 async def _run(
-    stage: Batch[Any], inq: ChunkQueue, out: Emitter, ctx: StageContext, take: int
+    stage: BatchStage[Any],
+    inq: ChunkQueue,
+    out: Emitter,
+    ctx: StageContext,
+    take: int,
+    branch: Any,
 ) -> None:
     size = stage.size
     timeout = stage.timeout if stage.timeout is not None else math.inf
     key_fn = stage.key
+    weigh = _weigher(stage, ctx) if stage.weight is not None else None
     open_: dict[Any, _Open] = {}
     telemetry = ctx.telemetry
     label = ctx.label
 
-    async def emit(key: Any, batch: _Open, trigger: str) -> None:
+    async def emit(key: Any, batch: _Open, trigger: Trigger) -> None:
         del open_[key]
-        ctx.active -= len(batch.values)
+        values = batch.values
+        n = len(values)
+        ctx.active -= n
+        values.info = BatchInfo(key, n, batch.weight if weigh is not None else n, trigger, branch)
         if telemetry.has_batch:
-            telemetry.emit("batch", label, len(batch.values), trigger)
+            telemetry.emit("batch", label, n, trigger, values.info)
         # a batch stage's latency: how long its items waited for the batch to leave
-        ctx.histogram.add(trio.current_time() - batch.opened, len(batch.values))
-        await out.put(batch.values, Group(batch.origins))
+        ctx.histogram.add(trio.current_time() - batch.opened, n)
+        await out.put(values, Group(batch.origins))
 
     try:
         while True:
@@ -68,7 +79,7 @@ async def _run(
             # ``size - len(open batch)`` more items before anything leaves but the timer: it asks
             # the queue not to wake it for fewer. The first item of a batch is taken at once.
             want = 1
-            if key_fn is None:
+            if key_fn is None and weigh is None:
                 current = open_.get(None)
                 if current is not None:
                     want = min(inq.capacity, size - len(current.values))
@@ -85,21 +96,61 @@ async def _run(
             else:
                 got = await inq.get(take, want)
             if got is None:
+                trigger: Trigger = "drain" if ctx.draining() else "end"
                 for key in list(open_):
-                    await emit(key, open_[key], "flush")
+                    await emit(key, open_[key], trigger)
                 return
             now = trio.current_time()
             if got is not _TIMEOUT:
                 values, origins = got
                 ctx.active += len(values)
-                if key_fn is None:
+                if key_fn is None and weigh is None:
                     await _add_unkeyed(open_, values, origins, size, now, timeout, emit, ctx)
-                else:
+                elif weigh is None:
+                    assert key_fn is not None
                     await _add_keyed(open_, values, origins, size, now, timeout, key_fn, emit, ctx)
+                else:
+                    await _add_keyed(
+                        open_,
+                        values,
+                        origins,
+                        size,
+                        now,
+                        timeout,
+                        key_fn,
+                        emit,
+                        ctx,
+                        weigh=weigh,
+                        limit=stage.max_weight,
+                    )
             for key in [k for k, b in open_.items() if b.deadline <= now]:
                 await emit(key, open_[key], "timeout")
     finally:
         out.close_producer()
+
+
+#: ``weigh(value) -> weight``; raises for a bad weight (the item fails)
+Weigher = Callable[[Any], float]
+
+
+def _weigher(stage: BatchStage[Any], ctx: StageContext) -> Weigher:
+    fn = stage.weight
+    assert fn is not None
+    limit = stage.max_weight
+    what = f"stage {ctx.label!r}: weight={describe(fn)}"
+
+    def weigh(value: Any) -> float:
+        w = checked_key(fn(value), what)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+            raise TypeError(f"{what} returned {w!r}: a weight is a non-negative number")
+        if limit is not None and w > limit:
+            raise ValueError(
+                f"{ctx.label}: the item weighs {w}, more than max_weight={limit}: it cannot fit "
+                "in any batch"
+            )
+        return w
+
+    return weigh
 
 
 _TIMEOUT = object()
@@ -112,7 +163,7 @@ async def _add_unkeyed(
     size: int,
     now: float,
     timeout: float,
-    emit: Callable[[Any, _Open, str], Awaitable[None]],
+    emit: Callable[[Any, _Open, Trigger], Awaitable[None]],
     ctx: StageContext,
 ) -> None:
     i, n = 0, len(values)
@@ -137,29 +188,39 @@ async def _add_keyed(
     size: int,
     now: float,
     timeout: float,
-    key_fn: Callable[[Any], Any],
-    emit: Callable[[Any, _Open, str], Awaitable[None]],
+    key_fn: Callable[[Any], Any] | None,
+    emit: Callable[[Any, _Open, Trigger], Awaitable[None]],
     ctx: StageContext,
+    *,
+    weigh: Weigher | None = None,
+    limit: float | None = None,
 ) -> None:
+    """Add items one by one: per key (each batch its own), and by weight (``limit`` is
+    ``max_weight``: a batch leaves before the item that would take it past it)."""
     failed = False
     what = f"stage {ctx.label!r}: key={describe(key_fn)}"
     for value, origin in zip(values, origins, strict=True):
         try:
-            key = checked_key(key_fn(value), what)
+            key = checked_key(key_fn(value), what) if key_fn is not None else None
             batch = open_.get(key)
-        except Exception as exc:  # a bad key: failing key_fn or unhashable key
+            w = weigh(value) if weigh is not None else 0
+        except Exception as exc:  # a bad key (failing key_fn, unhashable) or weight
             if is_fatal(exc):
                 raise
             ctx.active -= 1
             ctx.fail(origin, value, exc)
             failed = True
             continue
+        if batch is not None and limit is not None and batch.weight + w > limit:
+            await emit(key, batch, "weight")  # this item would take it past max_weight
+            batch = None
         if batch is None:
             batch = open_[key] = _Open(now, timeout)
             if ctx.telemetry.has_batch_start:
                 ctx.telemetry.emit("batch_start", ctx.label)
         batch.values.append(value)
         batch.origins.append(origin)
+        batch.weight += w
         if len(batch.values) >= size:
             await emit(key, batch, "size")
     if failed:

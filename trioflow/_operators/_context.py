@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
@@ -132,6 +133,7 @@ class StageContext:
     __slots__ = (
         "active",
         "busy",
+        "draining",
         "failed",
         "histogram",
         "label",
@@ -158,6 +160,8 @@ class StageContext:
         self.busy = 0.0
         self.failed = 0
         self.workers = 1
+        #: whether a graceful drain is under way (the runner sets it to read the run's state)
+        self.draining: Callable[[], bool] = _never
 
     def chunk_start(self, items: int) -> None:
         """A worker took ``items`` items (call once per chunk)."""
@@ -199,6 +203,10 @@ class StageContext:
 
 #: how note_item marks its notes (one per exception instance)
 NOTE_PREFIX = "trioflow: in stage "
+
+
+def _never() -> bool:
+    return False
 
 
 def note_item(exc: BaseException, label: str, value: Any) -> None:

@@ -25,7 +25,7 @@ from .._exceptions import PipelineError
 from .._message import reason_key
 from .._pipeline import Pipeline, collect, compose
 from .._report import RunReport
-from .._stages import Batch, Process, Stage
+from .._stages import BatchStage, Process, Stage
 from .._telemetry import Instrument
 from .._validate import describe
 from ._source import InFlightMeter, RecordedSource, TestSource
@@ -99,7 +99,7 @@ class _BatchWatch(Instrument):
     def __init__(self) -> None:
         self.batches: list[tuple[str, int, str]] = []
 
-    def batch(self, stage: str, size: int, trigger: str) -> None:
+    def batch(self, stage: str, size: int, trigger: str, info: Any = None) -> None:
         self.batches.append((stage, size, trigger))
 
 
@@ -329,7 +329,7 @@ async def check_pipeline_async(
     # 6. batch sizes
     sizes = {}
     for st in _all_stages(pipeline):
-        if isinstance(st, Batch):
+        if isinstance(st, BatchStage):
             sizes[st.label] = st.size
     for label, size, trigger in watch.batches:
         base = label.split("#")[0]
