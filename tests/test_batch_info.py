@@ -139,3 +139,101 @@ async def test_the_batch_event_carries_the_info() -> None:
         (1, "end", 1, "end"),
     ]
     assert Old.calls == 2
+
+
+# -- messages=True after a batch (Broadway's handle_batch / prepare_messages) ------------------
+
+
+async def test_a_batch_sink_fails_only_the_rejected_rows() -> None:
+    src = TestSource(range(10))
+    handled: list[tf.Message[Any]] = []
+    seen: list[Any] = []
+
+    async def save(rows: tf.Batch[tf.Message[int]]) -> list[tf.Message[int]] | None:
+        seen.append((type(rows).__name__, rows.info.size, [m.data for m in rows]))
+        if not any(m.data % 3 == 0 for m in rows):
+            return None
+        return [m.fail("rejected", action="dead_letter") if m.data % 3 == 0 else m for m in rows]
+
+    pipeline = (src | tf.batch(5, None) | tf.sink(save, messages=True)).on_failure(handled.extend)
+    report = await pipeline.run()
+    assert seen == [("Batch", 5, [0, 1, 2, 3, 4]), ("Batch", 5, [5, 6, 7, 8, 9])]
+    assert sorted(src.acked) == [1, 2, 4, 5, 7, 8]
+    assert sorted(d for d, _ in src.failed) == [0, 3, 6, 9]
+    assert report.failed_by_reason == {"rejected": 4}
+    assert sorted((m.data, m.action) for m in handled) == [(d, "dead_letter") for d in (0, 3, 6, 9)]
+
+
+async def test_prepare_messages_passes_the_rest_on_as_a_batch_with_metadata() -> None:
+    src = TestSource(range(6))
+    saved: list[tuple[list[int], int]] = []
+
+    async def prepare(batch: tf.Batch[tf.Message[int]]) -> list[tf.Message[int]]:
+        return [m.fail("odd") if m.data % 2 else m.with_metadata(shard=m.data // 2) for m in batch]
+
+    async def peek(batch: tf.Batch[tf.Message[int]]) -> None:
+        saved.append(([m.data for m in batch], batch.info.size))
+        assert [m.metadata["shard"] for m in batch] == [m.data // 2 for m in batch]
+
+    await (
+        src | tf.batch(3, None) | tf.process(prepare, messages=True) | tf.sink(peek, messages=True)
+    ).run()
+    assert saved == [([0, 2], 2), ([4], 1)]
+    assert sorted(src.acked) == [0, 2, 4]
+    assert sorted(d for d, _ in src.failed) == [1, 3, 5]
+
+
+async def test_a_batch_stage_that_returns_the_wrong_messages_fails_the_batch() -> None:
+    src = TestSource(range(4))
+
+    async def bad(batch: tf.Batch[tf.Message[int]]) -> list[int]:
+        return [1]
+
+    await (src | tf.batch(4, None) | tf.sink(bad, messages=True)).run()
+    assert len(src.failed) == 4
+    reason = src.failed[0][1]
+    assert isinstance(reason, TypeError)
+    assert "must return None or those 4 messages" in str(reason)
+
+
+# -- unbatch -----------------------------------------------------------------------------------
+
+
+async def test_unbatch_settles_each_item_on_its_own() -> None:
+    src = TestSource(range(6))
+
+    def check(x: int) -> int:
+        if x == 4:
+            raise ValueError(x)
+        return x
+
+    out = await tf.collect(
+        src | tf.batch(3, None) | tf.process(lambda b: b) | tf.unbatch() | tf.process(check)
+    )
+    assert sorted(out) == [0, 1, 2, 3, 5]
+    assert sorted(src.acked) == [0, 1, 2, 3, 5]
+    assert [d for d, _ in src.failed] == [4]
+
+
+async def test_unbatch_of_a_reshaped_list_ties_items_to_their_batch() -> None:
+    src = TestSource(range(4))
+
+    def check(x: int) -> int:
+        if x == 10:
+            raise ValueError(x)
+        return x
+
+    out = await tf.collect(
+        src
+        | tf.batch(2, None)
+        | tf.process(lambda b: [sum(b) * 10, -1, -2])
+        | tf.unbatch()
+        | tf.process(check)
+    )
+    assert sorted(out) == [-2, -2, -1, -1, 50]
+    assert sorted(src.acked) == [2, 3]
+    assert sorted(d for d, _ in src.failed) == [0, 1]
+
+
+def test_unbatch_repr() -> None:
+    assert repr(tf.batch(2) | tf.unbatch()) == "batch(2, 1.0) | unbatch()"

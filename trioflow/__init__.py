@@ -44,6 +44,7 @@ from ._stages import rate_limit as rate_limit
 from ._stages import route as route
 from ._stages import sink as sink
 from ._stages import stage as stage
+from ._stages import unbatch as unbatch
 
 __all__ = [
     "DEFAULT_BUFFER",
@@ -81,6 +82,7 @@ __all__ = [
     "route",
     "sink",
     "stage",
+    "unbatch",
 ]
 
 __version__ = "0.1.0"

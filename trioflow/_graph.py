@@ -12,7 +12,7 @@ from typing import Any, final
 import attrs
 
 from ._pipeline import Pipeline
-from ._stages import BatchStage, Filter, FlatMap, Process, RateLimit, Route, Stage
+from ._stages import BatchStage, Filter, FlatMap, Process, RateLimit, Route, Stage, Unbatch
 from ._topology import TERMINAL, Topology, compile_pipeline
 
 __all__ = [
@@ -27,7 +27,8 @@ __all__ = [
 
 
 def stage_kind(stage: Stage[Any, Any]) -> str:
-    """``process``, ``sink``, ``batch``, ``filter``, ``flat_map``, ``rate_limit`` or ``route``."""
+    """``process``, ``sink``, ``batch``, ``filter``, ``flat_map``, ``rate_limit``, ``route`` or
+    ``unbatch``."""
     if isinstance(stage, Process):
         return "sink" if stage.terminal else "process"
     for cls, kind in (
@@ -36,6 +37,7 @@ def stage_kind(stage: Stage[Any, Any]) -> str:
         (FlatMap, "flat_map"),
         (RateLimit, "rate_limit"),
         (Route, "route"),
+        (Unbatch, "unbatch"),
     ):
         if isinstance(stage, cls):
             return kind

@@ -33,7 +33,7 @@ from ._pipeline import Pipeline
 from ._queue import ChunkQueue
 from ._report import Histogram, RunReport, StageStats
 from ._sources import Outlet, Source
-from ._stages import BatchStage, Filter, FlatMap, Process, RateLimit, Route
+from ._stages import BatchStage, Filter, FlatMap, Process, RateLimit, Route, Unbatch
 from ._telemetry import Instrument, Telemetry
 from ._topology import TERMINAL, Node, Topology, compile_pipeline
 
@@ -473,6 +473,8 @@ def _node_tasks(
         return _transform.flat_map_tasks(node, inq, out, ctx)
     if isinstance(stage, RateLimit):
         return _rate_limit.tasks(node, inq, out, ctx)
+    if isinstance(stage, Unbatch):
+        return _transform.unbatch_tasks(node, inq, out, ctx)
     raise TypeError(f"{stage!r} is not a stage trioflow can run")  # pragma: no cover
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "RateLimit",
     "Route",
     "Stage",
+    "Unbatch",
     "batch",
     "filter",
     "flat_map",
@@ -37,6 +38,7 @@ __all__ = [
     "route",
     "sink",
     "stage",
+    "unbatch",
 ]
 
 In = TypeVar("In")
@@ -363,6 +365,40 @@ def flat_map(
         >>> lines = flat_map(lambda text: text.splitlines())
     """
     return FlatMap(fn, buffer, name)
+
+
+@final
+@attrs.frozen(repr=False)
+class Unbatch(Stage[Any, Any]):
+    """Turn batches back into single items; see :func:`unbatch`."""
+
+    buffer: int | None = None
+    name: str | None = None
+    _options: ClassVar[frozenset[str]] = frozenset({"buffer", "name"})
+
+    def __attrs_post_init__(self) -> None:
+        v.optional_positive_int("buffer", self.buffer)
+
+    @property
+    def label(self) -> str:
+        return self.name or "unbatch()"
+
+    def __repr__(self) -> str:
+        return f"unbatch({', '.join(_fmt_options(self))})"
+
+
+def unbatch(*, buffer: int | None = None, name: str | None = None) -> Unbatch:
+    """Turn each batch back into its items, each settled on its own.
+
+    After ``unbatch()`` a failure fails only that item's source message (a ``flat_map(list)``
+    instead ties the items to their batch: one failure fails them all). A batch whose length no
+    longer matches its messages (a stage returned a different list) is split like
+    ``flat_map(list)``.
+
+    Examples:
+        >>> pipeline = src | tf.batch(100) | tf.process(lookup_many) | tf.unbatch() | tf.sink(save)
+    """
+    return Unbatch(buffer, name)
 
 
 #: ``batch``'s default timeout (Broadway's ``batch_timeout``): a quiet service never holds a

@@ -16,7 +16,7 @@ import attrs
 from ._exceptions import InvalidPipeline
 from ._pipeline import Pipeline
 from ._sources import Source
-from ._stages import BatchStage, FlatMap, Process, Route, Stage
+from ._stages import BatchStage, FlatMap, Process, Route, Stage, Unbatch
 
 __all__ = ["TERMINAL", "TERMINAL_DEMAND", "Node", "Topology", "compile_pipeline"]
 
@@ -142,6 +142,8 @@ def _weight_after(stage: Stage[Any, Any], weight: int) -> int:
     multiplies by its size; after a route, the heaviest branch that goes on counts."""
     if isinstance(stage, BatchStage):
         return weight * stage.size
+    if isinstance(stage, Unbatch):
+        return 1  # back to one message per item (batches of batches are not tracked)
     if isinstance(stage, Route):
         out = weight
         for _, branch in stage.branches:
@@ -196,6 +198,9 @@ def _bound(topology: Topology, idx: int, stop: int, weight: int) -> tuple[int, i
             total += (2 * buf + 2 * max(buf, stage.n)) * weight
         elif isinstance(stage, Process):
             total += (buf + max(buf, stage.n)) * weight
+        elif isinstance(stage, Unbatch):
+            total += 2 * buf * weight  # its buffer and its chunk, of batches
+            weight = 1
         else:  # filter, rate_limit: one task holding a chunk
             total += 2 * buf * weight
         idx = node.next

@@ -23,11 +23,13 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+import attrs
 import trio
 from trio.lowlevel import ParkingLot
 
 from .._acking import Fanout, Group
 from .._awaitables import checked_key, has_awaitables, is_awaitable
+from .._batches import Batch
 from .._exceptions import Fatal, StageTimeout
 from .._groups import is_fatal, matches
 from .._lazy import require
@@ -191,7 +193,12 @@ async def _await_results(
             ctx.fail(origins[i], inputs[i], exc)
 
 
-def _view(value: Any, origin: Any) -> Message[Any]:
+def _view(value: Any, origin: Any) -> Any:
+    """What a ``messages=True`` stage sees: the item as a message, or for a batch a
+    :class:`~trioflow.Batch` of its members' messages (each with its own metadata)."""
+    if type(origin) is Group and isinstance(value, list) and len(value) == len(origin.members):
+        info = value.info if isinstance(value, Batch) else None
+        return Batch(map(_view, value, origin.members), info)
     if isinstance(origin, Message):
         return Message(value, origin.metadata, origin.acknowledger)
     return Message(value)
@@ -471,11 +478,20 @@ def _unwrap(ctx: StageContext, vals: list[Any], origs: list[Any]) -> tuple[list[
     """``messages=True``: results are messages; a failed one fails its item, others carry data.
 
     A result whose metadata differs from its origin's carries it on: the origin is replaced by a
-    copy with that metadata, so later stages, ``on_failure`` and the acknowledger see it.
+    copy with that metadata, so later stages, ``on_failure`` and the acknowledger see it. After
+    a batch, a result is the batch's messages (``None`` from a sink: all succeeded): the failed
+    ones fail alone, the others go on as a batch (Broadway's ``handle_batch`` and
+    ``prepare_messages``).
     """
     out_v: list[Any] = []
     out_o: list[Any] = []
     for result, origin in zip(vals, origs, strict=True):
+        if type(origin) is Group and isinstance(result, list):
+            got = _unwrap_batch(ctx, result, origin)
+            if got is not None:
+                out_v.append(got[0])
+                out_o.append(got[1])
+            continue
         if isinstance(result, Message):
             origin = _carry_metadata(result, origin)
             if result.status == "failed":
@@ -490,6 +506,35 @@ def _unwrap(ctx: StageContext, vals: list[Any], origs: list[Any]) -> tuple[list[
         out_v.append(result)
         out_o.append(origin)
     return out_v, out_o
+
+
+def _unwrap_batch(ctx: StageContext, result: list[Any], group: Group) -> tuple[Any, Any] | None:
+    """A batch's messages back from a stage: fail the failed ones, the rest go on as a batch."""
+    members = group.members
+    if len(result) != len(members) or not all(isinstance(m, Message) for m in result):
+        error = TypeError(
+            f"stage {ctx.label!r} (messages=True) got a batch of {len(members)} messages and "
+            f"must return None or those {len(members)} messages (some may be .fail()ed), not "
+            f"{describe(result)}"
+        )
+        ctx.fail(group, [m.data if isinstance(m, Message) else m for m in result], error)
+        return None
+    data: list[Any] = []
+    kept: list[Any] = []
+    for message, member in zip(result, members, strict=True):
+        member = _carry_metadata(message, member)
+        if message.status == "failed":
+            reason = message.reason if message.reason is not None else "failed"
+            ctx.fail(member, message.data, reason, message.action)
+            continue
+        data.append(message.data)
+        kept.append(member)
+    if not kept:
+        return None
+    info = result.info if isinstance(result, Batch) else None
+    if info is not None and len(kept) != info.size:
+        info = attrs.evolve(info, size=len(kept))
+    return Batch(data, info), Group(kept)
 
 
 def _carry_metadata(result: Message[Any], origin: Any) -> Any:

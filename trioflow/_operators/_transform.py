@@ -7,6 +7,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
+from .._acking import Group
 from .._groups import is_fatal
 from .._queue import FAILED, ChunkQueue, Pending
 from .._stages import Filter, FlatMap
@@ -14,7 +15,7 @@ from .._topology import Node
 from ._context import Emitter, StageContext
 from ._loop import each_chunk
 
-__all__ = ["filter_tasks", "flat_map_tasks"]
+__all__ = ["filter_tasks", "flat_map_tasks", "unbatch_tasks"]
 
 
 def filter_tasks(
@@ -144,5 +145,44 @@ async def _flat_map(inq: ChunkQueue, out: Emitter, ctx: StageContext, fn: Any, t
             else:
                 settler.ok([parent])  # release the guard
         await _flush(pending, out)
+
+    await each_chunk(inq, ctx, take, handle, out.close_producer)
+
+
+def unbatch_tasks(
+    node: Node, inq: ChunkQueue, out: Emitter, ctx: StageContext
+) -> list[Callable[[], Awaitable[None]]]:
+    """One task: each batch's items go on with their own origins (settled one by one)."""
+    out.add_producer()
+    return [partial(_unbatch, inq, out, ctx, node.buffer)]
+
+
+async def _unbatch(inq: ChunkQueue, out: Emitter, ctx: StageContext, take: int) -> None:
+    settler = ctx.settler
+
+    async def handle(values: list[Any], origins: list[Any]) -> None:
+        out_v: list[Any] = []
+        out_o: list[Any] = []
+        for value, origin in zip(values, origins, strict=True):
+            if not isinstance(value, list):
+                error = TypeError(
+                    f"stage {ctx.label!r}: unbatch() got {type(value).__name__}, not a batch"
+                )
+                ctx.fail(origin, value, error)
+                continue
+            if type(origin) is Group and len(origin.members) == len(value):
+                out_v.extend(value)
+                out_o.extend(origin.members)
+                continue
+            # the list no longer matches its messages: its items settle the batch together
+            parent = settler.new_fanout(origin)
+            parent.remaining = len(value)
+            if not value:
+                settler.ok([origin])
+                continue
+            out_v.extend(value)
+            out_o.extend([parent] * len(value))
+        if out_v:
+            await out.put_many(out_v, out_o)
 
     await each_chunk(inq, ctx, take, handle, out.close_producer)
