@@ -20,7 +20,8 @@ from typing import Any, ClassVar, final
 
 import attrs
 
-from ._message import Message
+from ._batches import Batch, BatchInfo
+from ._message import FailureAction, Message
 from ._pipeline import Pipeline, compose
 from ._retry import Retry
 from ._stages import batch, process, sink
@@ -55,6 +56,27 @@ class ConsumerContext:
     topic: str
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
     batch_metadata: tuple[Mapping[str, Any], ...] = ()
+    #: in ``handle_batch``: the batch's :class:`~trioflow.BatchInfo` (why it left, its size)
+    batch_info: BatchInfo | None = None
+    _failures: dict[int, tuple[BaseException | str, FailureAction | None]] = attrs.field(
+        factory=dict, repr=False, alias="_failures"
+    )
+
+    def fail(
+        self, index: int, reason: BaseException | str, *, action: FailureAction | None = None
+    ) -> None:
+        """In ``handle_batch``: fail the batch's item ``index`` alone (the others are acked).
+
+        Examples:
+            >>> async def handle_batch(self, batch, ctx):
+            ...     for i in await db.insert_many(batch):   # the rows the database rejected
+            ...         ctx.fail(i, "rejected by the database", action="dead_letter")
+        """
+        if not 0 <= index < len(self.batch_metadata):
+            raise IndexError(
+                f"ctx.fail({index!r}, ...): the batch has {len(self.batch_metadata)} items"
+            )
+        self._failures[index] = (reason, action)
 
 
 class _Call:
@@ -73,13 +95,12 @@ class _Call:
 
 @final
 class _Handle(_Call):
-    """``handle(data, ctx)`` on a message; its result travels with the message's metadata."""
+    """``handle(data, ctx)`` on a message (``messages=True``: ``ctx`` gets its metadata)."""
 
-    __slots__ = ("carry",)
+    __slots__ = ()
 
-    def __init__(self, consumer: Consumer, carry: bool) -> None:
+    def __init__(self, consumer: Consumer) -> None:
         super().__init__(consumer, "handle")
-        self.carry = carry
 
     async def __call__(self, message: Message[Any]) -> Message[Any]:
         c = self.consumer
@@ -87,24 +108,37 @@ class _Handle(_Call):
         result = c.handle(message.data, ctx)
         if inspect.isawaitable(result):
             result = await result
-        return message.replace((result, message.metadata) if self.carry else result)
+        return message.replace(result)
 
 
 @final
 class _HandleBatch(_Call):
-    """``handle_batch(list_of_results, ctx)`` on a batch of ``(result, metadata)`` pairs."""
+    """``handle_batch(list_of_results, ctx)`` on a batch of messages (``messages=True``): the
+    items ``ctx.fail(i, ...)`` names fail alone, the others are acked."""
 
     __slots__ = ()
 
     def __init__(self, consumer: Consumer) -> None:
         super().__init__(consumer, "handle_batch")
 
-    async def __call__(self, items: list[tuple[Any, Mapping[str, Any]]]) -> None:
+    async def __call__(self, batch: Batch[Message[Any]]) -> list[Message[Any]] | None:
         c = self.consumer
-        ctx = ConsumerContext(c.name, c.topic, batch_metadata=tuple(m for _, m in items))
-        result = c.handle_batch([data for data, _ in items], ctx)
+        ctx = ConsumerContext(
+            c.name,
+            c.topic,
+            batch_metadata=tuple(m.metadata for m in batch),
+            batch_info=batch.info,
+        )
+        result = c.handle_batch([m.data for m in batch], ctx)
         if inspect.isawaitable(result):
             await result
+        failures = ctx._failures
+        if not failures:
+            return None
+        return [
+            m.fail(failures[i][0], action=failures[i][1]) if i in failures else m
+            for i, m in enumerate(batch)
+        ]
 
 
 class Consumer:
@@ -237,7 +271,7 @@ class Consumer:
         if self.batch_size > 1:
             stages = compose(
                 process(
-                    _Handle(self, carry=True),
+                    _Handle(self),
                     self.concurrency,
                     retry=self.retry,
                     buffer=self.buffer,
@@ -245,11 +279,11 @@ class Consumer:
                 ),
                 batch(self.batch_size, self.batch_timeout),
             )
-            stages = compose(stages, sink(_HandleBatch(self), retry=self.retry))
+            stages = compose(stages, sink(_HandleBatch(self), retry=self.retry, messages=True))
         else:
             stages = compose(
                 sink(
-                    _Handle(self, carry=False),
+                    _Handle(self),
                     self.concurrency,
                     retry=self.retry,
                     buffer=self.buffer,

@@ -39,7 +39,8 @@ def test_pipeline_shows_what_it_compiles_to() -> None:
     assert repr(pipeline) == (
         "from_iterable([]) | process(Payments.handle, n=4, retry=Retry(attempts=2, "
         "backoff=Backoff.constant(0.0)), messages=True) | batch(3, 1.0) | "
-        "sink(Payments.handle_batch, retry=Retry(attempts=2, backoff=Backoff.constant(0.0)))"
+        "sink(Payments.handle_batch, retry=Retry(attempts=2, backoff=Backoff.constant(0.0)), "
+        "messages=True)"
     )
     assert isinstance(pipeline, tf.Pipeline)
 
@@ -141,3 +142,45 @@ def test_validation_names_class_and_value() -> None:
 
     with pytest.raises(TypeError, match=r"^NoFactory: no source factory for topic 't'"):
         NoFactory().pipeline()
+
+
+class Rows(tf.Consumer):
+    """handle_batch fails the rows the 'database' rejected, and reads the batch's info."""
+
+    topic = "rows"
+    batch_size = 4
+    batch_timeout = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.infos: list[Any] = []
+
+    async def handle_batch(self, batch: list[int], ctx: tf.ConsumerContext) -> None:
+        self.infos.append((ctx.batch_info.size, ctx.batch_info.trigger))
+        for i, row in enumerate(batch):
+            if row % 4 == 1:
+                ctx.fail(i, "rejected", action="dead_letter")
+
+
+async def test_handle_batch_fails_only_the_rows_it_names() -> None:
+    consumer = Rows()
+    src = TestSource(range(10))
+    failed: list[tf.Message[Any]] = []
+    report = await consumer.pipeline(lambda topic: src).on_failure(failed.extend).run()
+    assert consumer.infos == [(4, "size"), (4, "size"), (2, "end")]
+    assert sorted(src.acked) == [0, 2, 3, 4, 6, 7, 8]
+    assert sorted(d for d, _ in src.failed) == [1, 5, 9]
+    assert report.failed_by_reason == {"rejected": 3}
+    assert {m.action for m in failed} == {"dead_letter"}
+
+
+async def test_ctx_fail_names_a_real_index() -> None:
+    class Bad(Rows):
+        async def handle_batch(self, batch: list[int], ctx: tf.ConsumerContext) -> None:
+            ctx.fail(len(batch), "x")
+
+    src = TestSource(range(4))
+    await Bad().pipeline(lambda topic: src).run()
+    reason = src.failed[0][1]
+    assert isinstance(reason, IndexError)
+    assert "the batch has 4 items" in str(reason)
