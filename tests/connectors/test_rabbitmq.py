@@ -220,7 +220,11 @@ async def test_killed_consumer_messages_come_back_to_another(
 def test_validation() -> None:
     with pytest.raises(ValueError, match=r"^prefetch=0 must be an integer in 1\.\.4096$"):
         RabbitQueueSource("q", prefetch=0)
-    with pytest.raises(ValueError, match=r"^on_failure='drop' must be one of reject, requeue"):
+    with pytest.raises(
+        ValueError,
+        match=r"^on_failure='drop' must be one of 'redeliver', 'dead_letter', 'discard' "
+        r"\(or the older 'reject', 'requeue', 'requeue_once'\)$",
+    ):
         RabbitQueueSource("q", on_failure="drop")  # type: ignore[arg-type]
     assert repr(RabbitQueueSource("q")) == "RabbitQueueSource('q')"
     assert RabbitQueueSource("q").label == "rabbitmq:q"

@@ -156,6 +156,8 @@ async def test_restarted_consumer_gets_its_own_pending_back(redis_server: RedisS
     await (source | tf.sink(save, messages=True)).run(stop=stop)
     assert [m["deliveries"] for m in seen[:30]] == [2] * 30
     assert [m["deliveries"] for m in seen[30:]] == [1] * 20
+    # delivery_count is the same figure under its common name
+    assert [m["delivery_count"] for m in seen] == [2] * 30 + [1] * 20
     assert await pending(redis_server, stream, group) == 0
 
 

@@ -16,24 +16,33 @@ Semantics of :class:`RabbitQueueSource` (at-least-once, as the broker's acknowle
   is bounded by ``prefetch - in flight``. As messages are acked the broker sends more;
 * **ack after the last stage**, in groups: a group of successful messages with no older message
   still outstanding is one ``Basic.Ack(multiple=True)``, otherwise one ack per message;
-* **failed messages** are rejected (``on_failure="reject"``, the default: ``Basic.Reject
-  requeue=false``), which sends them to the queue's dead-letter exchange (``<queue>.dead`` when
-  the source declares the queue; dropped if the queue has none); or requeued
-  (``"requeue"``: always; ``"requeue_once"``: unless already redelivered, then rejected). A
-  requeue waits ``requeue_delay`` seconds first, holding its prefetch slot, so a message that
-  fails at once cannot spin in a hot requeue loop;
+* **failed messages** get their own ``message.action``, or the source's ``on_failure`` default:
+  ``"dead_letter"`` (the default) is ``Basic.Reject requeue=false``, which sends the message to
+  the queue's dead-letter exchange (``<queue>.dead`` when the source declares the queue);
+  ``"discard"`` acks it; ``"redeliver"`` requeues it (``Basic.Reject requeue=true``) after
+  ``requeue_delay`` seconds, holding its prefetch slot meanwhile, so a message that fails at once
+  cannot spin in a hot requeue loop. The older words still work: ``"reject"`` is
+  ``"dead_letter"``, ``"requeue"`` is ``"redeliver"``, and ``"requeue_once"`` redelivers a
+  message unless it was already redelivered, then dead-letters it. With ``dead_letter=False``
+  the queue has no dead-letter exchange: a ``"dead_letter"`` default is refused when the source
+  is built, and a message's own ``"dead_letter"`` is logged once and gets the default;
 * ``metadata["redelivered"]`` flags a redelivery (a consumer died holding it, or it was
-  requeued); ``metadata["deliveries"]`` is the broker's ``x-delivery-count`` + 1 on quorum
-  queues, else 1, or 2 for a redelivery (a lower bound);
+  requeued); ``metadata["delivery_count"]`` (and its older name ``"deliveries"``) is the
+  broker's ``x-delivery-count`` + 1 on quorum queues, else 1, or 2 for a redelivery (a lower
+  bound: classic queues do not count);
+* ``max_deliveries``: a message delivered more often is dead-lettered (discarded when the queue
+  has no dead-letter exchange, as RabbitMQ's own ``x-delivery-limit`` drops it) without reaching
+  the stages. Only quorum queues count past 2, so on a classic queue the source declares, a
+  ``max_deliveries`` above 1 is refused;
 * a drain stops consuming (``Basic.Cancel``) once the hand-over in progress is done; messages
   the broker had sent but the pipeline never took are returned to the queue when the channel
   closes, after the last ack. A consumer that dies (a killed process, a dropped connection)
   returns every un-acked message to the queue, flagged redelivered, for another consumer.
 
 Message data is the body (``bytes``); ``tf.decode`` turns JSON bodies into typed values. Metadata:
-``delivery_tag``, ``redelivered``, ``deliveries``, ``exchange``, ``routing_key``, ``queue``,
-``headers`` and the message properties that are set (``message_id``, ``content_type``,
-``correlation_id``, ...).
+``delivery_tag``, ``redelivered``, ``delivery_count``, ``deliveries``, ``exchange``,
+``routing_key``, ``queue``, ``headers`` and the message properties that are set (``message_id``,
+``content_type``, ``correlation_id``, ...).
 
 Examples:
     >>> source = RabbitQueueSource("payments", host="127.0.0.1", port=5672, prefetch=200)
@@ -42,20 +51,30 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any, ClassVar, Literal, final
+from typing import Any, ClassVar, Literal, cast, final
 
 import trio
 
-from .._message import Message
+from .._message import ACTIONS, FailureAction, Message
 from .._sources import Outlet, Source
 from ._lazy import require
 
 __all__ = ["FailureMode", "RabbitQueueSource", "connect", "open_channel", "publish"]
 
-FailureMode = Literal["reject", "requeue", "requeue_once"]
-_MODES = ("reject", "requeue", "requeue_once")
+logger = logging.getLogger("trioflow")
+
+#: ``on_failure`` values: the failure actions, and the older words kept as aliases
+FailureMode = Literal["redeliver", "dead_letter", "discard", "reject", "requeue", "requeue_once"]
+#: older ``on_failure`` words and the action each stands for (``requeue_once``: see the docs)
+_ALIASES: dict[str, FailureAction] = {
+    "reject": "dead_letter",
+    "requeue": "redeliver",
+    "requeue_once": "redeliver",
+}
+_MODES = (*ACTIONS, *_ALIASES)
 #: prefetch when none is given and the pipeline's demand is not known yet (a cap, too)
 MAX_PREFETCH = 4096
 #: frames a message takes in serena's channel buffer (method, header, body up to frame_max)
@@ -170,28 +189,55 @@ class _QueueAcker:
         self.acked = 0
         self.rejected = 0
         self.requeued = 0
+        self.discarded = 0
+        self._warned = False
 
     def __repr__(self) -> str:
         return f"<rabbitmq acker {self.run.spec.queue!r}>"
 
+    def action_of(self, m: Message[Any]) -> FailureAction:
+        """What to do with failed message ``m``: its own action if this queue can take it, else
+        the source's default (``requeue_once``: redeliver, unless already redelivered)."""
+        spec = self.run.spec
+        action = m.action
+        if action == "dead_letter" and not spec.can_dead_letter:
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "%r: a message failed with action='dead_letter', which this source cannot "
+                    "honour (dead_letter=False: its queue has no dead-letter exchange); it gets "
+                    "on_failure=%r instead (logged once)",
+                    spec,
+                    spec.on_failure_mode,
+                )
+            action = None
+        if action is not None:
+            return action
+        if spec.requeue_once and m.metadata.get("redelivered"):
+            return "dead_letter"
+        return spec.on_failure
+
     async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
         run = self.run
         channel = run.channel
-        spec = run.spec
         later: list[int] = []
+        tags = [m.metadata["delivery_tag"] for m in successful]
         for m in failed:
             tag = m.metadata["delivery_tag"]
-            mode = spec.on_failure
-            if mode == "requeue" or (mode == "requeue_once" and not m.metadata["redelivered"]):
+            action = self.action_of(m)
+            if action == "redeliver":
                 later.append(tag)  # stays outstanding until requeued: multiple acks skip it
+            elif action == "discard":
+                tags.append(tag)
+                self.discarded += 1
             else:
                 self.outstanding.discard(tag)
                 await channel.basic_reject(tag, requeue=False)
                 self.rejected += 1
         if later:
             run.requeue_later(later)
-        if successful:
-            tags = sorted(m.metadata["delivery_tag"] for m in successful)
+        if tags:
+            tags.sort()
             outstanding = self.outstanding
             outstanding.difference_update(tags)
             oldest = min(outstanding) if outstanding else None
@@ -229,16 +275,28 @@ class RabbitQueueSource(Source[bytes]):
             the pipeline's first demand (its entry buffer), at most ``MAX_PREFETCH``.
         declare: declare the queue (durable) with a dead-letter exchange, and that exchange
             and its queue. With ``False`` the queue must exist.
-        dead_letter: name of the dead-letter exchange and queue (default ``<queue>.dead``).
-        on_failure: ``"reject"`` (dead-letter), ``"requeue"`` or ``"requeue_once"``.
+        dead_letter: name of the dead-letter exchange and queue (default ``<queue>.dead``);
+            ``False``: the queue has no dead-letter exchange (none is declared), so
+            ``on_failure="dead_letter"`` is refused.
+        on_failure: what to do with a failed message whose ``action`` is ``None``:
+            ``"dead_letter"`` (default), ``"discard"`` or ``"redeliver"``; the older
+            ``"reject"`` (= ``"dead_letter"``), ``"requeue"`` (= ``"redeliver"``) and
+            ``"requeue_once"`` (redeliver, then dead-letter a redelivered one) still work.
         requeue_delay: seconds a failed message waits before it is requeued.
+        max_deliveries: a message delivered more often than this is dead-lettered without
+            reaching the stages (``None``: no limit). Above 1 it needs a quorum queue.
         arguments: more ``x-`` arguments for the queue declaration (e.g. ``x-queue-type``).
         heartbeat: AMQP heartbeat interval asked for, in seconds.
         name: the stage label.
 
     Examples:
-        >>> source = RabbitQueueSource("payments", port=5672, on_failure="requeue_once")
+        >>> source = RabbitQueueSource("payments", port=5672, on_failure="redeliver")
         >>> report = await (source | tf.sink(handle)).run()
+
+    Raises:
+        ValueError: for an argument out of range, or an ``on_failure`` or ``max_deliveries``
+            the queue cannot honour (``dead_letter`` without a dead-letter exchange; a delivery
+            limit above 1 on a classic queue).
     """
 
     _options: ClassVar[frozenset[str]] = frozenset()
@@ -254,9 +312,10 @@ class RabbitQueueSource(Source[bytes]):
         virtual_host: str = "/",
         prefetch: int | None = None,
         declare: bool = True,
-        dead_letter: str | None = None,
-        on_failure: FailureMode = "reject",
+        dead_letter: str | Literal[False] | None = None,
+        on_failure: FailureMode = "dead_letter",
         requeue_delay: float = 1.0,
+        max_deliveries: int | None = None,
         arguments: dict[str, Any] | None = None,
         heartbeat: int = 60,
         name: str | None = None,
@@ -268,9 +327,42 @@ class RabbitQueueSource(Source[bytes]):
         ):
             raise ValueError(f"prefetch={prefetch!r} must be an integer in 1..{MAX_PREFETCH}")
         if on_failure not in _MODES:
-            raise ValueError(f"on_failure={on_failure!r} must be one of {', '.join(_MODES)}")
+            raise ValueError(
+                f"on_failure={on_failure!r} must be one of "
+                f"{', '.join(map(repr, ACTIONS))} (or the older {', '.join(map(repr, _ALIASES))})"
+            )
         if not isinstance(requeue_delay, (int, float)) or not requeue_delay >= 0:
             raise ValueError(f"requeue_delay={requeue_delay!r} must be a non-negative number")
+        if max_deliveries is not None and (
+            not isinstance(max_deliveries, int) or max_deliveries < 1
+        ):
+            raise ValueError(
+                f"max_deliveries={max_deliveries!r} must be a positive integer or None"
+            )
+        if not (dead_letter is None or dead_letter is False or isinstance(dead_letter, str)):
+            raise ValueError(f"dead_letter={dead_letter!r} must be a name, None or False")
+        args = dict(arguments or {})
+        #: whether the queue has a dead-letter exchange, as far as the source can know (a queue
+        #: it does not declare is taken to have one: AMQP cannot tell)
+        self.can_dead_letter = dead_letter is not False or bool(args.get("x-dead-letter-exchange"))
+        action = _ALIASES[on_failure] if on_failure in _ALIASES else cast(FailureAction, on_failure)
+        self.requeue_once = on_failure == "requeue_once"
+        if not self.can_dead_letter and (action == "dead_letter" or self.requeue_once):
+            raise ValueError(
+                f"RabbitQueueSource({queue!r}): on_failure={on_failure!r} cannot be honoured: "
+                "with dead_letter=False the queue has no dead-letter exchange, so a rejected "
+                "message would be dropped; use on_failure='discard' to drop failed messages or "
+                "'redeliver' to requeue them, or give the queue a dead-letter exchange"
+            )
+        queue_type = args.get("x-queue-type", "classic")
+        if declare and max_deliveries is not None and max_deliveries > 1 and queue_type != "quorum":
+            raise ValueError(
+                f"RabbitQueueSource({queue!r}): max_deliveries={max_deliveries} cannot be "
+                f"honoured on a {queue_type} queue: only quorum queues count deliveries "
+                "(x-delivery-count), a classic one only flags a redelivery, so delivery_count "
+                "never exceeds 2 there; use arguments={'x-queue-type': 'quorum'}, or "
+                "max_deliveries=1 (dead-letter every redelivered message)"
+            )
         self.queue = queue
         self.host = host
         self.port = port
@@ -279,10 +371,17 @@ class RabbitQueueSource(Source[bytes]):
         self.virtual_host = virtual_host
         self.prefetch = prefetch
         self.declare = declare
-        self.dead_letter = dead_letter or f"{queue}.dead"
-        self.on_failure: FailureMode = on_failure
+        #: the dead-letter exchange and queue the source declares (None: it declares none)
+        self.dead_letter: str | None = (
+            None if dead_letter is False else (dead_letter or f"{queue}.dead")
+        )
+        #: the default action of failed messages (an older word, normalized)
+        self.on_failure: FailureAction = action
+        #: ``on_failure`` as given
+        self.on_failure_mode: FailureMode = on_failure
         self.requeue_delay = float(requeue_delay)
-        self.arguments = dict(arguments or {})
+        self.max_deliveries = max_deliveries
+        self.arguments = args
         self.heartbeat = heartbeat
         self.name = name
 
@@ -319,10 +418,12 @@ class RabbitQueueSource(Source[bytes]):
     async def _declare(self, channel: Any) -> None:
         serena = require("serena", "rabbitmq")
         dead = self.dead_letter
-        await channel.exchange_declare(dead, serena.ExchangeType.FANOUT, durable=True)
-        await channel.queue_declare(dead, durable=True)
-        await channel.queue_bind(dead, dead, "")
-        arguments = {"x-dead-letter-exchange": dead, **self.arguments}
+        arguments = dict(self.arguments)
+        if dead is not None:
+            await channel.exchange_declare(dead, serena.ExchangeType.FANOUT, durable=True)
+            await channel.queue_declare(dead, durable=True)
+            await channel.queue_bind(dead, dead, "")
+            arguments = {"x-dead-letter-exchange": dead, **arguments}
         await channel.queue_declare(self.queue, durable=True, arguments=arguments)
 
     async def produce(self, out: Outlet) -> None:  # pragma: no cover - open() yields the runner
@@ -375,7 +476,9 @@ class _RabbitRun(Source[bytes]):
         spec, channel = self.spec, self.channel
         room = await out.demand()
         self.prefetch = spec.prefetch or min(room, MAX_PREFETCH)
-        qos = BasicQOSPayload(prefetch_size=0, prefetch_count=self.prefetch, global_=True)
+        # per consumer (global_=False): quorum queues refuse a channel-wide limit, and this
+        # channel has only this one consumer, so the two are the same here
+        qos = BasicQOSPayload(prefetch_size=0, prefetch_count=self.prefetch, global_=False)
         await channel._send_and_receive_frame(qos, BasicQOSOkPayload)
         outstanding = self.acker.outstanding
         async with channel.basic_consume(spec.queue, auto_ack=False) as deliveries:
@@ -399,6 +502,7 @@ class _RabbitRun(Source[bytes]):
         meta: dict[str, Any] = {
             "delivery_tag": envelope.delivery_tag,
             "redelivered": envelope.redelivered,
+            "delivery_count": deliveries,
             "deliveries": deliveries,
             "exchange": envelope.exchange_name,
             "routing_key": envelope.routing_key,
@@ -409,7 +513,15 @@ class _RabbitRun(Source[bytes]):
             value = getattr(header, prop, None)
             if value is not None:
                 meta[prop] = value
-        return Message(delivery.body, meta, self.acker)
+        message = Message(delivery.body, meta, self.acker)
+        limit = self.spec.max_deliveries
+        if limit is not None and deliveries > limit:
+            # handed over already failed: straight to failure handling, never to a stage
+            message = message.fail(
+                f"poison: delivered {deliveries} times (max_deliveries={limit})",
+                action="dead_letter" if self.spec.can_dead_letter else "discard",
+            )
+        return message
 
     def __repr__(self) -> str:
         return repr(self.spec)

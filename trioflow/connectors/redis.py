@@ -14,14 +14,20 @@ Semantics of :class:`RedisStreamSource` (at-least-once):
 * every ``claim_every`` seconds it takes over entries idle for more than ``claim_idle`` seconds in
   other consumers' pending lists (``XAUTOCLAIM``): a consumer that died does not strand its entries.
   ``claim_idle`` must exceed the longest time an entry may spend in the pipeline;
-* an entry delivered more than ``max_deliveries`` times is a poison entry: it goes to the dead
-  letter stream with its reason and is acked, instead of being redelivered forever;
-* acks are ``XACK`` in groups after the last stage; failed entries are first added to the dead
-  letter stream (``<stream>:dead`` by default: the entry's fields plus ``trioflow_reason``,
-  ``trioflow_id``, ``trioflow_stream``), then acked.
+* an entry delivered more than ``max_deliveries`` times is a poison entry: it is handed over
+  already failed with ``action="dead_letter"``, so it goes to the dead letter stream with its
+  reason and is acked without reaching the stages, instead of being redelivered forever;
+* acks are ``XACK`` in groups after the last stage. A failed entry gets its own
+  ``message.action``, or the source's ``on_failure`` default: ``"dead_letter"`` (the default) adds
+  it to the dead letter stream (``<stream>:dead`` by default: the entry's fields plus
+  ``trioflow_reason``, ``trioflow_id``, ``trioflow_stream``), then acks it; ``"discard"`` only
+  acks it; ``"redeliver"`` leaves it pending, so a claim (above) delivers it again once it has
+  been idle ``claim_idle`` seconds since its last delivery (at the latest ``claim_every`` later),
+  or a restarted consumer of the same name re-reads it at once.
 
-Message data is the entry's fields as ``dict[str, str]``; metadata has ``id``, ``stream`` and
-``deliveries``.
+Message data is the entry's fields as ``dict[str, str]``; metadata has ``id``, ``stream``,
+``delivery_count`` (1 for a fresh read; the group's count of deliveries for a re-read or claimed
+entry) and ``deliveries`` (the same number, its older name).
 
 Examples:
     >>> source = RedisStreamSource("events", "importers", "worker-1", host="127.0.0.1", port=6379)
@@ -39,7 +45,7 @@ from typing import Any, ClassVar, final
 
 import trio
 
-from .._message import Message
+from .._message import ACTIONS, FailureAction, Message
 from .._sources import Outlet, Source
 from ._lazy import require
 
@@ -61,28 +67,48 @@ def _reason_text(reason: BaseException | str | None) -> str:
 
 @final
 class _StreamAcker:
-    """Acknowledger: dead-letter the failed entries, then XACK everything, in one round trip."""
+    """Acknowledger: dead-letter the failed entries that are to be, then XACK everything but the
+    entries to redeliver (they stay pending), in one round trip."""
 
-    def __init__(self, client: Any, stream: str, group: str, dead_letter: str) -> None:
+    def __init__(
+        self, client: Any, stream: str, group: str, dead_letter: str, on_failure: FailureAction
+    ) -> None:
         self.client = client
         self.stream = stream
         self.group = group
         self.dead_letter = dead_letter
+        self.on_failure = on_failure
         self.acked = 0
         self.dead_lettered = 0
+        self.discarded = 0
+        self.redelivered = 0
+
+    def __repr__(self) -> str:
+        return f"<redis acker {self.stream!r}/{self.group!r}>"
 
     async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
         ids = [m.metadata["id"] for m in successful]
-        ids += [m.metadata["id"] for m in failed]
+        dead: list[Message[Any]] = []
+        default = self.on_failure
+        for m in failed:
+            action = m.action or default
+            if action == "redeliver":
+                self.redelivered += 1  # left pending: claimed again after claim_idle
+                continue
+            if action == "dead_letter":
+                dead.append(m)
+            else:
+                self.discarded += 1
+            ids.append(m.metadata["id"])
         if not ids:
             return
         pipe = self.client.pipeline(transaction=False)
         async with pipe:
-            for m in failed:
+            for m in dead:
                 pipe.xadd(self.dead_letter, self.dead_fields(m))
             pipe.xack(self.stream, self.group, ids)
         self.acked += len(ids)
-        self.dead_lettered += len(failed)
+        self.dead_lettered += len(dead)
 
     def dead_fields(self, m: Message[Any]) -> dict[str, str]:
         data = m.data if isinstance(m.data, Mapping) else {"data": repr(m.data)}
@@ -95,7 +121,30 @@ class _StreamAcker:
 
 @final
 class RedisStreamSource(Source[dict[str, str]]):
-    """Entries of a Redis stream, read in a consumer group (see the module docs)."""
+    """Entries of a Redis stream, read in a consumer group (see the module docs).
+
+    Args:
+        stream: the stream to read.
+        group: the consumer group (created at ``start`` if missing).
+        consumer: this consumer's name in the group (default: host name and process id).
+        client: an entered coredis client; by default the source opens its own.
+        host: Redis host, for the source's own client.
+        port: Redis port, for the source's own client.
+        start: where a new group starts (``"0"``: the whole stream; ``"$"``: new entries only).
+        block: longest wait of one ``XREADGROUP`` for new entries, in seconds.
+        count: most entries read at once.
+        claim_idle: claim entries idle this long (seconds) in any consumer's pending list.
+        claim_every: how often to claim (default ``claim_idle / 2``).
+        on_failure: what to do with a failed entry whose ``action`` is ``None``:
+            ``"dead_letter"`` (default), ``"discard"`` or ``"redeliver"``.
+        max_deliveries: an entry delivered more often than this is dead-lettered without
+            reaching the stages; ``None``: no limit.
+        dead_letter: the dead letter stream (default ``<stream>:dead``).
+        name: the stage label.
+
+    Examples:
+        >>> source = RedisStreamSource("events", "importers", on_failure="redeliver")
+    """
 
     _options: ClassVar[frozenset[str]] = frozenset()
 
@@ -113,12 +162,21 @@ class RedisStreamSource(Source[dict[str, str]]):
         count: int = 500,
         claim_idle: float = 30.0,
         claim_every: float | None = None,
-        max_deliveries: int = 5,
+        on_failure: FailureAction = "dead_letter",
+        max_deliveries: int | None = 5,
         dead_letter: str | None = None,
         name: str | None = None,
     ) -> None:
-        if max_deliveries < 1:
-            raise ValueError(f"max_deliveries={max_deliveries!r} must be a positive integer")
+        if on_failure not in ACTIONS:
+            raise ValueError(
+                f"on_failure={on_failure!r} must be one of {', '.join(map(repr, ACTIONS))}"
+            )
+        if max_deliveries is not None and (
+            not isinstance(max_deliveries, int) or max_deliveries < 1
+        ):
+            raise ValueError(
+                f"max_deliveries={max_deliveries!r} must be a positive integer or None"
+            )
         if not block > 0:
             raise ValueError(f"block={block!r} must be a positive number of seconds")
         self.stream = stream
@@ -132,6 +190,7 @@ class RedisStreamSource(Source[dict[str, str]]):
         self.count = count
         self.claim_idle = claim_idle
         self.claim_every = claim_every if claim_every is not None else max(claim_idle / 2, 0.05)
+        self.on_failure: FailureAction = on_failure
         self.max_deliveries = max_deliveries
         self.dead_letter = dead_letter or f"{stream}:dead"
         self.name = name
@@ -168,7 +227,9 @@ class _RedisRun(Source[dict[str, str]]):
     def __init__(self, spec: RedisStreamSource, client: Any) -> None:
         self.spec = spec
         self.client = client
-        self.acker = _StreamAcker(client, spec.stream, spec.group, spec.dead_letter)
+        self.acker = _StreamAcker(
+            client, spec.stream, spec.group, spec.dead_letter, spec.on_failure
+        )
         self._figures: dict[str, float] = {}
         self._figures_at = -math.inf
 
@@ -303,14 +364,22 @@ class _RedisRun(Source[dict[str, str]]):
 
     async def _hand_over(self, out: Outlet, entries: list[tuple[Any, int]]) -> None:
         spec, acker = self.spec, self.acker
+        limit = spec.max_deliveries
+        stream = spec.stream
         items: list[Message[Any]] = []
         for entry, deliveries in entries:
-            meta = {"id": entry.identifier, "stream": spec.stream, "deliveries": deliveries}
-            data = dict(entry.field_values)
-            message = Message(data, meta, acker)
-            if deliveries > spec.max_deliveries:
+            meta = {
+                "id": entry.identifier,
+                "stream": stream,
+                "delivery_count": deliveries,
+                "deliveries": deliveries,
+            }
+            message = Message(dict(entry.field_values), meta, acker)
+            if limit is not None and deliveries > limit:
+                # handed over already failed: straight to failure handling, never to a stage
                 message = message.fail(
-                    f"poison: delivered {deliveries} times (max_deliveries={spec.max_deliveries})"
+                    f"poison: delivered {deliveries} times (max_deliveries={limit})",
+                    action="dead_letter",
                 )
             items.append(message)
         await out.send_many(items)
