@@ -199,7 +199,8 @@ def test_graph_text_and_mermaid() -> None:
     assert g.text().splitlines() == [
         "from_iterable(range(0, 4))",
         "  -> sleep_1  process(sleep_1, n=3)  [process, n=3, buffer=512]",
-        "  -> route(key)  route(key, {'even': sink(noop), 'odd': batch(2, 1.0)})  [route, buffer=512]",
+        "  -> route(key)  route(key, {'even': sink(noop), 'odd': batch(2, 1.0)})  "
+        "[route, buffer=512]",
         "      [even]",
         "        -> noop  sink(noop)  [sink, n=1, buffer=512]",
         "      [odd]",
