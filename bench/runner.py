@@ -273,6 +273,10 @@ FIGURES: list[tuple[str, str, str, Callable[[dict[str, Any]], Any], str, float]]
      lambda s: _ratio(s, "W6", "trioflow+acks"), ">=", 0.7),
     ("W7", "W7 p99 lateness of a 10 ms sleeper beside trioflow W2 (ms)", "<= 5 ms",
      lambda s: _figure(s, "W7", "trioflow", "p99_ms"), "<=", 5.0),
+    ("W8", "W8 acks cost, batch shape: messages / plain data", ">= 0.75x",
+     lambda s: _paired(s, "W8", "batch-acks", "batch-plain", "throughput"), ">=", 0.75),
+    ("W8", "W8 acks cost, one stage: messages / plain data", ">= 0.75x",
+     lambda s: _paired(s, "W8", "one-acks", "one-plain", "throughput"), ">=", 0.75),
 ]  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""The workloads W1-W7; each module has TITLE, DESCRIPTION, METRIC, SIZES, expected(), IMPLS.
+"""The workloads W1-W8; each module has TITLE, DESCRIPTION, METRIC, SIZES, expected(), IMPLS.
 
 Optional: ``PEER_SIZES`` (sizes for slow implementations in the default run, so the suite stays
 within a few minutes; throughput is what is compared), ``NOTES``, ``SKIPPED`` (implementation ->
@@ -22,6 +22,7 @@ MODULES = {
     "W5": "w5_latency",
     "W6": "w6_acks",
     "W7": "w7_wakeup",
+    "W8": "w8_ack_cost",
 }
 
 
