@@ -75,4 +75,4 @@ def test_core_names() -> None:
     assert core <= set(_reexports("trioflow"))
     assert {"Acknowledger", "Instrument", "Outlet", "Source"} <= set(_reexports("trioflow.abc"))
     assert {"TestSource"} <= set(_reexports("trioflow.testing"))
-    assert trioflow.DEFAULT_BUFFER == 512
+    assert trioflow.DEFAULT_BUFFER == 1024

@@ -280,11 +280,14 @@ class _Run:
             error = strip_cancelled(exc)
             if error is None or not isinstance(error, Exception):
                 raise
-            self.record(label, error, cancelled=error is not exc)
+            cancelled = isinstance(exc, BaseExceptionGroup) and (
+                exc.subgroup(trio.Cancelled) is not None
+            )
+            self.record(label, error, cancelled=cancelled)
             if isinstance(exc, BaseExceptionGroup):
-                _, cancelled = exc.split(Exception)
-                if cancelled is not None:
-                    raise cancelled from None
+                _, rest = exc.split(Exception)
+                if rest is not None:
+                    raise rest from None
 
     def record(self, label: str, error: Exception, *, cancelled: bool = False) -> None:
         """Note a crash of task ``label`` and cancel the run (see :meth:`guard`)."""

@@ -45,9 +45,10 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 #: Items a stage's input holds when ``buffer`` is not given (after a batch, batches holding about
-#: this many messages, see ``Stage.input_buffer``). A few hundred keeps chunks large enough to
-#: amortize scheduling while bounding memory to what a few hundred items weigh.
-DEFAULT_BUFFER = 512
+#: this many messages, see ``Stage.input_buffer``). About a thousand keeps chunks large enough to
+#: amortize a task switch per hand-over (docs/performance.md: W2 at 512 and 1024) while bounding
+#: memory to what a thousand items weigh.
+DEFAULT_BUFFER = 1024
 
 
 class Stage(Generic[In, Out]):

@@ -105,9 +105,9 @@ def test_graph_text_and_mermaid() -> None:
     assert text.returncode == 0
     assert text.stdout.splitlines() == [
         "from_iterable(range(0, 200))",
-        "  -> work  process(work, n=4)  [process, n=4, buffer=512]",
-        "  -> batch(20, 0.1)  [batch, buffer=512]",
-        "  -> save  sink(save)  [sink, n=1, buffer=25]",
+        "  -> work  process(work, n=4)  [process, n=4, buffer=1024]",
+        "  -> batch(20, 0.1)  [batch, buffer=1024]",
+        "  -> save  sink(save)  [sink, n=1, buffer=51]",
     ]
     mermaid = trioflow("graph", f"{PIPELINES}:finite", "--format", "mermaid")
     assert mermaid.stdout.splitlines()[0] == "flowchart LR"

@@ -198,14 +198,14 @@ def test_graph_text_and_mermaid() -> None:
     assert [n.id for n in g.nodes] == ["source", "s0", "s1", "s2", "s3", "s4", "out"]
     assert g.text().splitlines() == [
         "from_iterable(range(0, 4))",
-        "  -> sleep_1  process(sleep_1, n=3)  [process, n=3, buffer=512]",
+        "  -> sleep_1  process(sleep_1, n=3)  [process, n=3, buffer=1024]",
         "  -> route(key)  route(key, {'even': sink(noop), 'odd': batch(2, 1.0)})  "
-        "[route, buffer=512]",
+        "[route, buffer=1024]",
         "      [even]",
-        "        -> noop  sink(noop)  [sink, n=1, buffer=512]",
+        "        -> noop  sink(noop)  [sink, n=1, buffer=1024]",
         "      [odd]",
-        "        -> batch(2, 1.0)  [batch, buffer=512]",
-        "  -> filter(truthy)  [filter, buffer=256]",
+        "        -> batch(2, 1.0)  [batch, buffer=1024]",
+        "  -> filter(truthy)  [filter, buffer=512]",
         "  -> out  (no sink: outputs are collected or dropped)",
     ]
     assert g.mermaid().splitlines() == [

@@ -21,6 +21,7 @@ import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
+from heapq import heappop, heappush
 from typing import Any
 
 import attrs
@@ -47,10 +48,6 @@ Call = Callable[[Any], Any]
 #: While a worker hands results over during a chunk, the stage's live figures (count, busy
 #: time, latency) are brought up to date at most this often (seconds of the trio clock).
 ACCOUNT_EVERY = 0.05
-
-#: A chunk whose calls took at least this long per item (seconds of the trio clock) makes the
-#: worker watch the next stage after every item of its next chunk (see ``worker``).
-WATCH_ABOVE = 1e-6
 
 
 def tasks(
@@ -231,7 +228,6 @@ async def worker(
     pending = Pending(partial(_unwrap, ctx) if messages else None)
     out.hold(pending)
     settler = ctx.settler
-    watch = True  # the first chunk watches the next stage after every item
     try:
         while True:
             got = await inq.get(take)
@@ -240,7 +236,7 @@ async def worker(
             values, origins = got
             n = len(values)
             ctx.chunk_start(n)
-            started = chunk_started = clock()
+            started = clock()
             accounted = 0
             inputs = (
                 [_view(v, o) for v, o in zip(values, origins, strict=True)] if messages else values
@@ -248,7 +244,7 @@ async def worker(
             results: list[Any] = []
             pending.start(results, origins)
             append = results.append
-            if is_async and watch:
+            if is_async:
                 for value in inputs:
                     try:
                         append(await call(value))
@@ -265,17 +261,6 @@ async def worker(
                             done = len(results)
                             ctx.chunk_stop(done - accounted, now - started)
                             started, accounted = now, done
-            elif is_async:
-                # calls that took no time last chunk: no test per item (nothing can take the
-                # results before the chunk ends unless a call suspends)
-                for value in inputs:
-                    try:
-                        append(await call(value))
-                    except Exception as exc:
-                        if is_fatal(exc):
-                            raise
-                        _fail(ctx, pending, origins[len(results)], value, exc)
-                        append(FAILED)
             else:
                 for value in inputs:
                     try:
@@ -286,15 +271,15 @@ async def worker(
                         _fail(ctx, pending, origins[len(results)], value, exc)
                         append(FAILED)
                 if has_awaitables(results):
-                    await _await_results(ctx, inputs, results, origins, pending)
+                    # no one may take the results while the coroutines among them run
+                    pending.busy = True
+                    try:
+                        await _await_results(ctx, inputs, results, origins, pending)
+                    finally:
+                        pending.busy = False
             await flush(pending, out)
-            now = clock()
             if n > accounted:
-                ctx.chunk_stop(n - accounted, now - started)
-            # Whether to watch the next stage item by item in the next chunk: only if this
-            # chunk's calls took time (they suspend, or are heavy enough that a test per item
-            # costs nothing). Calls that take no time cannot let the next stage run mid-chunk.
-            watch = now - chunk_started >= n * WATCH_ABOVE
+                ctx.chunk_stop(n - accounted, clock() - started)
             await settler.room()
     finally:
         out.close_producer()
@@ -577,7 +562,12 @@ def _partitioned(
 
 
 class _Partitions:
-    """What ``partition_by`` workers share: the items per key, the runnable keys, the output."""
+    """What ``partition_by`` workers share: the items per key, the runnable keys, the output.
+
+    Every item gets a sequence number at intake; the runnable keys form a heap ordered by the
+    number of their oldest item, so an idle worker always takes the oldest item whose key has
+    no call in flight (with ``n=1``: input order).
+    """
 
     __slots__ = (
         "busy",
@@ -586,6 +576,7 @@ class _Partitions:
         "key_fn",
         "pool",
         "runnable",
+        "seq",
         "what",
         "work",
     )
@@ -601,29 +592,33 @@ class _Partitions:
         self.pool = _Pool(ctx, out, stage, buffer)
         self.key_fn = key_fn
         self.what = f"stage {ctx.label!r}: partition_by={describe(key_fn)}"
-        self.by_key: dict[Any, deque[tuple[Any, Any]]] = {}
-        self.runnable: deque[Any] = deque()
+        self.by_key: dict[Any, deque[tuple[int, Any, Any]]] = {}
+        #: (sequence number of the key's oldest item, key): keys are never compared
+        self.runnable: list[tuple[int, Any]] = []
         self.busy: set[Any] = set()
+        self.seq = 0
         #: workers waiting for a runnable key
         self.work = ParkingLot()
         self.ended = False
 
     def add(self, value: Any, origin: Any, key: Any) -> None:
+        seq = self.seq
+        self.seq += 1
         items = self.by_key.get(key)
         if items is None:
             items = self.by_key[key] = deque()
             if key not in self.busy:
-                self.runnable.append(key)
+                heappush(self.runnable, (seq, key))
                 self.work.unpark()
-        items.append((value, origin))
+        items.append((seq, value, origin))
 
     def next_item(self) -> tuple[Any, Any, Any] | None:
-        """The head item of the oldest runnable key (now busy), or None."""
+        """The oldest item whose key is free (its key now busy), or None."""
         if not self.runnable:
             return None
-        key = self.runnable.popleft()
+        _, key = heappop(self.runnable)
         items = self.by_key[key]
-        value, origin = items.popleft()
+        _, value, origin = items.popleft()
         if not items:
             del self.by_key[key]
         self.busy.add(key)
@@ -632,8 +627,9 @@ class _Partitions:
     def done(self, key: Any) -> None:
         """The call for ``key`` ended: the key is runnable again if it has items."""
         self.busy.discard(key)
-        if key in self.by_key:
-            self.runnable.append(key)
+        items = self.by_key.get(key)
+        if items is not None:
+            heappush(self.runnable, (items[0][0], key))
             self.work.unpark()
 
 
