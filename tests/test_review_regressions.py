@@ -3,6 +3,7 @@ error in a group from a source, results held behind a slow call, n=1 partition_b
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import pytest
@@ -211,3 +212,27 @@ async def test_n1_partition_by_sync_keeps_input_order(autojump_clock):
             | tf.process(lambda x: x, partition_by=lambda x: x % 2)
         )
     assert out == [1, 3, 2, 4, 5]
+
+
+# -- from review: a @types.coroutine result is awaited too
+
+
+@types.coroutine
+def legacy(x):
+    yield from trio.lowlevel.checkpoint().__await__()  # noqa
+    return x * 2
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        tf.process(lambda x: legacy(x)),
+        tf.process(lambda x: legacy(x), n=2, ordered=True),
+        tf.process(lambda x: legacy(x), n=2, partition_by=lambda x: x),
+    ],
+    ids=["n1", "pool", "partition"],
+)
+async def test_generator_based_coroutine_result_is_awaited(autojump_clock, stage):
+    with trio.fail_after(60):
+        out = await tf.collect(tf.from_iterable([1, 2, 3]) | stage)
+    assert sorted(out) == [2, 4, 6], out

@@ -9,6 +9,8 @@ per result type, not an ``isinstance`` against an ABC per item.
 
 from __future__ import annotations
 
+import inspect
+from types import GeneratorType
 from typing import Any
 
 __all__ = ["checked_key", "has_awaitables", "is_awaitable"]
@@ -24,18 +26,25 @@ def _kind_awaits(kind: type) -> bool:
 
 
 def is_awaitable(value: Any) -> bool:
-    """Whether ``value`` can be awaited (by its type, cached)."""
-    return _kind_awaits(type(value))
+    """Whether ``value`` can be awaited (by its type, cached; a generator is asked itself: a
+    ``@types.coroutine`` generator is awaitable, a plain one is not)."""
+    kind = type(value)
+    if kind is GeneratorType:
+        return inspect.isawaitable(value)
+    return _kind_awaits(kind)
 
 
 def has_awaitables(results: list[Any]) -> bool:
     """Whether any of ``results`` is awaitable: one look-up per distinct type."""
-    return any(_kind_awaits(kind) for kind in set(map(type, results)))
+    kinds = set(map(type, results))
+    if GeneratorType in kinds and any(map(inspect.isawaitable, results)):
+        return True
+    return any(_kind_awaits(kind) for kind in kinds)
 
 
 def checked_key(key: Any, what: str) -> Any:
     """``key`` as returned by the key function ``what``; ``TypeError`` if it is awaitable."""
-    if _kind_awaits(type(key)):
+    if is_awaitable(key):
         close = getattr(key, "close", None)
         if close is not None:
             close()
