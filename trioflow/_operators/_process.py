@@ -544,10 +544,11 @@ def _partitioned(
     """``partition_by``: any idle worker takes the oldest item whose key is not being worked on.
 
     Items wait in a FIFO per key; a key is *runnable* while it has items and no call in flight.
-    So items of one key go through one at a time, in input order, and no item waits while a
-    worker is idle unless an earlier item of its key is still in a call (a slow key holds up
-    only itself). At most ``max(buffer, n)`` items are held (queued per key, in calls, or
-    finished and pending).
+    So items of one key go through one at a time, in input order, and among the items the stage
+    holds none waits while a worker is idle unless an earlier item of its key is still in a call
+    (a slow key holds up only itself). At most ``max(buffer, n)`` items are held (queued per key,
+    in calls, or finished and pending): a single key whose backlog is longer than that holds up
+    the items behind it in the input queue, as any bounded buffer must.
     """
     key_fn = stage.partition_by
     assert key_fn is not None
