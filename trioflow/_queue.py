@@ -180,9 +180,11 @@ class ChunkQueue:
     def _steal(self, limit: int) -> Chunk | None:
         """Take what a producer holds finished (the queue is empty), at most ``limit`` items."""
         for pending in self._pending:
-            got = pending.steal(limit)
-            if got is not None:
-                return got
+            # a take may come back empty (the items it covered had failed): try the rest
+            while len(pending) and not pending.busy:
+                got = pending.steal(limit)
+                if got is not None:
+                    return got
         return None
 
     def wake(self) -> None:
