@@ -199,16 +199,21 @@ async def test_a_batch_stage_that_returns_the_wrong_messages_fails_the_batch() -
 # -- unbatch -----------------------------------------------------------------------------------
 
 
-async def test_unbatch_settles_each_item_on_its_own() -> None:
-    src = TestSource(range(6))
+def fails_on(bad: int) -> Any:
+    """A stage function that raises ``ValueError`` for ``bad`` and passes anything else on."""
 
     def check(x: int) -> int:
-        if x == 4:
+        if x == bad:
             raise ValueError(x)
         return x
 
+    return check
+
+
+async def test_unbatch_settles_each_item_on_its_own() -> None:
+    src = TestSource(range(6))
     out = await tf.collect(
-        src | tf.batch(3, None) | tf.process(lambda b: b) | tf.unbatch() | tf.process(check)
+        src | tf.batch(3, None) | tf.process(lambda b: b) | tf.unbatch() | tf.process(fails_on(4))
     )
     assert sorted(out) == [0, 1, 2, 3, 5]
     assert sorted(src.acked) == [0, 1, 2, 3, 5]
@@ -217,18 +222,12 @@ async def test_unbatch_settles_each_item_on_its_own() -> None:
 
 async def test_unbatch_of_a_reshaped_list_ties_items_to_their_batch() -> None:
     src = TestSource(range(4))
-
-    def check(x: int) -> int:
-        if x == 10:
-            raise ValueError(x)
-        return x
-
     out = await tf.collect(
         src
         | tf.batch(2, None)
         | tf.process(lambda b: [sum(b) * 10, -1, -2])
         | tf.unbatch()
-        | tf.process(check)
+        | tf.process(fails_on(10))
     )
     assert sorted(out) == [-2, -2, -1, -1, 50]
     assert sorted(src.acked) == [2, 3]

@@ -97,6 +97,15 @@ class Pending:
             vals, origs = self.unwrap(vals, origs)
         return (vals, origs) if vals else None
 
+    async def flush(self, out: Any) -> None:
+        """Put what is done into ``out`` (an emitter); no one else takes meanwhile (order kept)."""
+        self.busy = True
+        try:
+            while (got := self.take()) is not None:
+                await out.put_many(*got)
+        finally:
+            self.busy = False
+
     def steal(self, limit: int | None = None) -> Chunk | None:
         """:meth:`take` by someone else (a consumer), unless the producer is putting."""
         if self.busy:

@@ -252,35 +252,9 @@ def run_pypeln(p: dict[str, Any]) -> dict[str, Any]:
     return total
 
 
-def run_sequential(p: dict[str, Any]) -> dict[str, Any]:
-    """The limit: one task awaiting the same functions in a loop (each item pays its checkpoint)."""
-    total = {"sum": 0, "count": 0}
-
-    async def acc(batch: list[int]) -> None:
-        total["sum"] += sum(batch)
-        total["count"] += len(batch)
-
-    async def main() -> None:
-        batch: list[int] = []
-        for i in range(p["n"]):
-            batch.append(await trio_checkpoint(await double(i)))
-            if len(batch) >= SIZE:
-                await acc(batch)
-                batch = []
-        if batch:
-            await acc(batch)
-
-    trio.run(main)
-    return total
-
-
-def run_sequential_pool(p: dict[str, Any]) -> dict[str, Any]:
-    """8 tasks, each the sequential loop over every 8th item: the pool's shape, no hand-over.
-
-    A checkpoint of one task alone costs a whole pass of trio's run loop (2.5-2.7 us here); eight
-    tasks checkpointing share a pass (about 1.5 us each). This row shows how much of the
-    sequential loop's per-item cost is that pass, which a pool of 8 does not pay in full.
-    """
+def _sequential(p: dict[str, Any], tasks: int) -> dict[str, Any]:
+    """``tasks`` tasks, each awaiting the same functions in a loop over every ``tasks``-th item
+    (each item pays its checkpoint), batching by ``SIZE`` and awaiting the sink per batch."""
     total = {"sum": 0, "count": 0}
 
     async def acc(batch: list[int]) -> None:
@@ -289,7 +263,7 @@ def run_sequential_pool(p: dict[str, Any]) -> dict[str, Any]:
 
     async def loop(start: int) -> None:
         batch: list[int] = []
-        for i in range(start, p["n"], WORKERS):
+        for i in range(start, p["n"], tasks):
             batch.append(await trio_checkpoint(await double(i)))
             if len(batch) >= SIZE:
                 await acc(batch)
@@ -299,11 +273,26 @@ def run_sequential_pool(p: dict[str, Any]) -> dict[str, Any]:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            for start in range(WORKERS):
+            for start in range(tasks):
                 nursery.start_soon(loop, start)
 
     trio.run(main)
     return total
+
+
+def run_sequential(p: dict[str, Any]) -> dict[str, Any]:
+    """The limit: one task awaiting the same functions in a loop (each item pays its checkpoint)."""
+    return _sequential(p, 1)
+
+
+def run_sequential_pool(p: dict[str, Any]) -> dict[str, Any]:
+    """8 tasks, each the sequential loop over every 8th item: the pool's shape, no hand-over.
+
+    A checkpoint of one task alone costs a whole pass of trio's run loop (2.5-2.7 us here); eight
+    tasks checkpointing share a pass (about 1.5 us each). This row shows how much of the
+    sequential loop's per-item cost is that pass, which a pool of 8 does not pay in full.
+    """
+    return _sequential(p, WORKERS)
 
 
 IMPLS = {

@@ -11,11 +11,15 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
+
+import trioflow as tf
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -155,3 +159,18 @@ class PostgresServer:
         self._as_postgres(
             str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"
         )
+
+
+async def serve_until(
+    pipeline: tf.Pipeline[Any], done: Callable[[tf.RunReport], bool], timeout: float = 15
+) -> tf.RunReport:
+    """Serve ``pipeline`` until ``done(metrics)``, then drain it; its final report."""
+    with trio.fail_after(timeout):
+        async with trio.open_nursery() as nursery:
+            handle = await nursery.start(pipeline.serve)
+            while not done(handle.metrics):  # noqa: ASYNC110 - the broker's effects are polled
+                await trio.sleep(0.02)
+            handle.stop()
+    report = handle.report
+    assert report is not None
+    return report

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import trio
 
 import trioflow as tf
 from trioflow.connectors.rabbitmq import RabbitQueueSource, connect, open_channel, publish
 
 from .rabbit_server import RabbitServer, shared_broker
+from .servers import serve_until
 
 pytestmark = pytest.mark.server
 
@@ -51,21 +51,6 @@ async def dead_bodies(port: int, queue: str) -> list[bytes]:
         while (got := await ch.basic_get(f"{queue}.dead", no_ack=True)) is not None:
             bodies.append(got.body)
     return sorted(bodies)
-
-
-async def serve_until(
-    pipeline: tf.Pipeline[Any], done: Callable[[tf.RunReport], bool], timeout: float = 15
-) -> tf.RunReport:
-    """Serve ``pipeline`` until ``done(metrics)``, then drain it; its final report."""
-    with trio.fail_after(timeout):
-        async with trio.open_nursery() as nursery:
-            handle = await nursery.start(pipeline.serve)
-            while not done(handle.metrics):  # noqa: ASYNC110 - the broker's effects are polled
-                await trio.sleep(0.02)
-            handle.stop()
-    report = handle.report
-    assert report is not None
-    return report
 
 
 Seen = list[tuple[bytes, int, bool]]

@@ -8,7 +8,6 @@ use a short ``claim_idle``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ import trio
 import trioflow as tf
 from trioflow.connectors.redis import RedisStreamSource, connect
 
-from .servers import RedisServer
+from .servers import RedisServer, serve_until
 
 pytestmark = pytest.mark.server
 
@@ -43,21 +42,6 @@ async def broker_state(server: RedisServer, stream: str, group: str) -> tuple[in
         info = await client.xpending(stream, group)
         dead = await client.xrange(f"{stream}:dead")
     return int(info.pending), [dict(d.field_values)["n"] for d in dead]
-
-
-async def serve_until(
-    pipeline: tf.Pipeline[Any], done: Callable[[tf.RunReport], bool], timeout: float = 10
-) -> tf.RunReport:
-    """Serve ``pipeline`` until ``done(metrics)``, then drain it; its final report."""
-    with trio.fail_after(timeout):
-        async with trio.open_nursery() as nursery:
-            handle = await nursery.start(pipeline.serve)
-            while not done(handle.metrics):  # noqa: ASYNC110 - the broker's effects are polled
-                await trio.sleep(0.02)
-            handle.stop()
-    report = handle.report
-    assert report is not None
-    return report
 
 
 @pytest.mark.parametrize("on_failure", ["dead_letter", "discard", "redeliver"])

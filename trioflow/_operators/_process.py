@@ -15,7 +15,6 @@ never suspend leave as whole chunks, with no per-item test of whether a call sus
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 from collections import deque
@@ -84,7 +83,7 @@ def make_call(stage: Process[Any, Any], ctx: StageContext) -> tuple[Call, bool]:
 
         async def in_thread(value: Any) -> Any:
             (result,) = await trio.to_thread.run_sync(boxed, value, abandon_on_cancel=abandon)
-            return (await result) if inspect.isawaitable(result) else result
+            return (await result) if is_awaitable(result) else result
 
         fn, is_async = in_thread, True
     if stage.parallel:
@@ -155,7 +154,7 @@ def _with_retry(fn: Call, is_async: bool, stage: Process[Any, Any], ctx: StageCo
         while True:
             try:
                 result = fn(value)
-                if is_async or inspect.isawaitable(result):
+                if is_async or is_awaitable(result):
                     result = await result
                 return result
             except Exception as exc:
@@ -177,17 +176,15 @@ async def _await_results(
 ) -> None:
     """Await the awaitable results of a chunk in place (a failure fails that item)."""
     for i, result in enumerate(results):
-        if result is FAILED or not inspect.isawaitable(result):
+        if result is FAILED or not is_awaitable(result):
             continue
         try:
             results[i] = await result
         except Exception as exc:
             if is_fatal(exc):
                 raise
-            results[i] = FAILED
+            results[i] = _failure(ctx, origins[i], inputs[i], exc)
             p.holes = True
-            _exception_event(ctx, inputs[i], exc)
-            ctx.fail(origins[i], inputs[i], exc)
 
 
 def _view(value: Any, origin: Any) -> Any:
@@ -199,19 +196,6 @@ def _view(value: Any, origin: Any) -> Any:
     if isinstance(origin, Message):
         return Message(value, origin.metadata, origin.acknowledger)
     return Message(value)
-
-
-async def flush(pending: Pending, out: Emitter) -> None:
-    """Put what ``pending`` holds finished; no one else takes from it meanwhile (order kept)."""
-    pending.busy = True
-    try:
-        while True:
-            got = pending.take()
-            if got is None:
-                return
-            await out.put_many(*got)
-    finally:
-        pending.busy = False
 
 
 async def worker(
@@ -251,8 +235,8 @@ async def worker(
                     except Exception as exc:
                         if is_fatal(exc):
                             raise
-                        _fail(ctx, pending, origins[len(results)], value, exc)
-                        append(FAILED)
+                        append(_failure(ctx, origins[len(results)], value, exc))
+                        pending.holes = True
                     if out.waiting:
                         # the next stage is idle: it takes what is done as soon as it runs
                         out.wake()
@@ -268,8 +252,8 @@ async def worker(
                     except Exception as exc:
                         if is_fatal(exc):
                             raise
-                        _fail(ctx, pending, origins[len(results)], value, exc)
-                        append(FAILED)
+                        append(_failure(ctx, origins[len(results)], value, exc))
+                        pending.holes = True
                 if has_awaitables(results):
                     # no one may take the results while the coroutines among them run
                     pending.busy = True
@@ -277,7 +261,7 @@ async def worker(
                         await _await_results(ctx, inputs, results, origins, pending)
                     finally:
                         pending.busy = False
-            await flush(pending, out)
+            await pending.flush(out)
             if n > accounted:
                 ctx.chunk_stop(n - accounted, clock() - started)
             await settler.room()
@@ -285,10 +269,12 @@ async def worker(
         out.close_producer()
 
 
-def _fail(ctx: StageContext, pending: Pending, origin: Any, value: Any, exc: Exception) -> None:
+def _failure(ctx: StageContext, origin: Any, value: Any, exc: Exception) -> Any:
+    """A call for ``value`` raised ``exc`` (not a Fatal): tell instruments, fail the item, and
+    return :data:`FAILED` to stand in its result."""
     _exception_event(ctx, value, exc)
     ctx.fail(origin, value, exc)
-    pending.holes = True
+    return FAILED
 
 
 class _Pool:
@@ -422,14 +408,12 @@ async def pool_worker(pool: _Pool, inq: ChunkQueue, call: Call, is_async: bool) 
                 arg = _view(value, origin) if messages else value
                 try:
                     result = await call(arg) if is_async else call(arg)
-                    if not is_async and inspect.isawaitable(result):
+                    if not is_async and is_awaitable(result):
                         result = await result
                 except Exception as exc:
                     if is_fatal(exc):
                         raise
-                    _exception_event(ctx, arg, exc)
-                    ctx.fail(origin, arg, exc)
-                    result = FAILED
+                    result = _failure(ctx, origin, arg, exc)
                 pool.finish(ticket, result, origin)
                 count += 1
                 if out.waiting:
@@ -693,9 +677,7 @@ async def _keyed_worker(part: _Partitions, call: Call, is_async: bool) -> None:
             except Exception as exc:
                 if is_fatal(exc):
                     raise
-                _exception_event(ctx, arg, exc)
-                ctx.fail(origin, arg, exc)
-                result = FAILED
+                result = _failure(ctx, origin, arg, exc)
             pool.finish(0, result, origin)
             part.done(key)
             if out.waiting:

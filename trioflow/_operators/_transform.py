@@ -75,18 +75,9 @@ async def _filter(
         got = dropped.take()
         if got is not None:
             settler.filtered_out(got[1])
-        await _flush(pending, out)
+        await pending.flush(out)
 
     await each_chunk(inq, ctx, take, handle, out.close_producer)
-
-
-async def _flush(pending: Pending, out: Emitter) -> None:
-    pending.busy = True
-    try:
-        while (got := pending.take()) is not None:
-            await out.put_many(*got)
-    finally:
-        pending.busy = False
 
 
 def flat_map_tasks(
@@ -126,12 +117,12 @@ async def _flat_map(inq: ChunkQueue, out: Emitter, ctx: StageContext, fn: Any, t
                     async for child in result:
                         add(child, parent)
                         if len(pending) >= flush_at:
-                            await _flush(pending, out)
+                            await pending.flush(out)
                 elif isinstance(result, Iterable):
                     for child in result:
                         add(child, parent)
                         if len(pending) >= flush_at:
-                            await _flush(pending, out)
+                            await pending.flush(out)
                 else:
                     raise TypeError(
                         f"flat_map function returned {type(result).__name__}, "
@@ -144,7 +135,7 @@ async def _flat_map(inq: ChunkQueue, out: Emitter, ctx: StageContext, fn: Any, t
                 ctx.fail(parent, value, exc)
             else:
                 settler.ok([parent])  # release the guard
-        await _flush(pending, out)
+        await pending.flush(out)
 
     await each_chunk(inq, ctx, take, handle, out.close_producer)
 
