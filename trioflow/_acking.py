@@ -26,6 +26,7 @@ from typing import Any, final
 
 from trio.lowlevel import ParkingLot
 
+from ._bulk import Lots, Ref, plain_data
 from ._groups import is_fatal
 from ._message import NOOP_ACKNOWLEDGER, FailureAction, Message, reason_key
 
@@ -67,7 +68,8 @@ class Fanout:
 
 
 #: the types of origins that are not plain data; message subclasses a source yields join them
-_TICKETS: set[type] = {Message, Group, Fanout}
+#: (a tuple origin is a bulk item's ref, or a plain-data tuple wrapped in a 1-tuple: ``_bulk``)
+_TICKETS: set[type] = {Message, Group, Fanout, tuple}
 #: ``Message`` and the subclasses of it seen so far (see :func:`note_message_types`)
 MESSAGE_TYPES: set[type] = {Message}
 
@@ -106,6 +108,10 @@ class Settler:
         self.on_handler_error: HandlerErrorHook | None = None
         self._ok: list[Message[Any]] = []
         self._failed: list[Message[Any]] = []
+        #: the run's bulk hand-overs (see ``_bulk``)
+        self.lots = Lots()
+        #: settled successful bulk items, acked by their ids where possible
+        self._refs: list[Ref] = []
         self._to_handle: list[Message[Any]] = []
         self._ack_lot = ParkingLot()
         self._handler_lot = ParkingLot()
@@ -143,11 +149,26 @@ class Settler:
             if noop == len(origins):
                 self.acked += noop
                 return
+        elif kinds == _TUPLE_KIND:
+            sizes = set(map(len, origins))
+            if sizes == _REF_SIZE:
+                self._refs.extend(origins)
+                if self._ack_lot:
+                    self._ack_lot.unpark()
+                return
+            if sizes == _WRAPPED_SIZE:  # plain-data tuples
+                self.acked += len(origins)
+                return
         raw = 0
-        before = len(ok)
+        before = len(ok) + len(self._refs)
         for o in origins:
             t = type(o)
-            if t in MESSAGE_TYPES:
+            if t is tuple:
+                if len(o) == 2:
+                    self._refs.append(o)
+                else:
+                    raw += 1
+            elif t in MESSAGE_TYPES:
                 if o.acknowledger is NOOP_ACKNOWLEDGER:
                     raw += 1
                 else:
@@ -161,7 +182,7 @@ class Settler:
             else:
                 raw += 1
         self.acked += raw
-        if len(ok) != before and self._ack_lot:
+        if len(ok) + len(self._refs) != before and self._ack_lot:
             self._ack_lot.unpark()
 
     def fail(
@@ -182,11 +203,12 @@ class Settler:
             if origin.remaining == 0:
                 self._settle_fanout(origin)
             return
-        msg = (
-            origin.fail(reason, action=action)
-            if t in MESSAGE_TYPES
-            else Message(origin, status="failed", reason=reason, action=action)
-        )
+        if t in MESSAGE_TYPES:
+            msg = origin.fail(reason, action=action)
+        elif t is tuple and len(origin) == 2:
+            msg = self.lots.release(origin).fail(reason, action=action)
+        else:
+            msg = Message(plain_data(origin), status="failed", reason=reason, action=action)
         if self.on_failure is not None:
             self._to_handle.append(msg)
             if self._handler_lot:
@@ -206,7 +228,7 @@ class Settler:
     @property
     def backlog(self) -> int:
         """Settled messages not acked yet."""
-        return len(self._ok) + len(self._failed) + len(self._to_handle)
+        return len(self._ok) + len(self._refs) + len(self._failed) + len(self._to_handle)
 
     async def room(self) -> None:
         """Block (cancellable) while the backlog is full; no checkpoint otherwise."""
@@ -313,6 +335,12 @@ class Settler:
             if self.idle:
                 self._set_idle(1)
 
+    def note_bulk(self) -> None:
+        """A source handed over a bulk chunk with a real acknowledger (see ``_bulk``)."""
+        self.acking = True
+        if self.idle:
+            self._set_idle(1)
+
     def _set_idle(self, idle: int) -> None:
         self.idle = idle
         waiting = idle if self.acking else 0
@@ -334,7 +362,7 @@ class Settler:
     async def run_acker(self, on_ack: Callable[[Any, int, int], None] | None = None) -> None:
         """Call each source's acknowledger in groups until everything settled is acked."""
         while True:
-            if not self._ok and not self._failed:
+            if not self._ok and not self._failed and not self._refs:
                 if self._take_pending():
                     continue
                 if self._closed and self._handler_done:
@@ -347,6 +375,22 @@ class Settler:
                 continue
             ok, self._ok = self._ok, []
             failed, self._failed = self._failed, []
+            if self._refs:
+                refs, self._refs = self._refs, []
+                by_ids, as_messages = self.lots.split(refs)
+                for entry in by_ids:
+                    try:
+                        await entry.ack_ids(entry.ids)
+                    except Exception as exc:
+                        if is_fatal(exc):
+                            raise
+                        self._ack_failed(entry.acknowledger, entry.messages(), [], exc)
+                        continue
+                    self.acked += len(entry.ids)
+                    if on_ack is not None:
+                        on_ack(entry.acknowledger, len(entry.ids), 0)
+                if as_messages:
+                    ok = as_messages + ok
             for acknowledger, succ, fail in _by_acknowledger(ok, failed):
                 try:
                     await acknowledger.ack(succ, fail)
@@ -364,6 +408,11 @@ class Settler:
                     on_ack(acknowledger, len(succ), len(fail))
             if self._room_lot:
                 self._room_lot.unpark_all()
+
+
+_TUPLE_KIND = {tuple}
+_REF_SIZE = {2}
+_WRAPPED_SIZE = {1}
 
 
 def _by_acknowledger(

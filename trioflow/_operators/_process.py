@@ -30,6 +30,7 @@ from trio.lowlevel import ParkingLot
 from .._acking import Fanout, Group
 from .._awaitables import checked_key, has_awaitables, is_awaitable
 from .._batches import Batch
+from .._bulk import Lots, plain_data
 from .._exceptions import Fatal, StageTimeout
 from .._groups import is_fatal, matches
 from .._lazy import require
@@ -187,14 +188,17 @@ async def _await_results(
             p.holes = True
 
 
-def _view(value: Any, origin: Any) -> Any:
+def _view(lots: Lots, value: Any, origin: Any) -> Any:
     """What a ``messages=True`` stage sees: the item as a message, or for a batch a
     :class:`~trioflow.Batch` of its members' messages (each with its own metadata)."""
-    if type(origin) is Group and isinstance(value, list) and len(value) == len(origin.members):
+    t = type(origin)
+    if t is Group and isinstance(value, list) and len(value) == len(origin.members):
         info = value.info if isinstance(value, Batch) else None
-        return Batch(map(_view, value, origin.members), info)
+        return Batch(map(partial(_view, lots), value, origin.members), info)
     if isinstance(origin, Message):
         return Message(value, origin.metadata, origin.acknowledger)
+    if t is tuple and len(origin) == 2:  # a bulk item's ref
+        return lots.view(value, origin)
     return Message(value)
 
 
@@ -223,7 +227,9 @@ async def worker(
             started = clock()
             accounted = 0
             inputs = (
-                [_view(v, o) for v, o in zip(values, origins, strict=True)] if messages else values
+                [_view(ctx.settler.lots, v, o) for v, o in zip(values, origins, strict=True)]
+                if messages
+                else values
             )
             results: list[Any] = []
             pending.start(results, origins)
@@ -405,7 +411,7 @@ async def pool_worker(pool: _Pool, inq: ChunkQueue, call: Call, is_async: bool) 
                 ticket = pool.issued  # taken with the item: no await in between
                 pool.issued += 1
                 ctx.chunk_start(1)
-                arg = _view(value, origin) if messages else value
+                arg = _view(ctx.settler.lots, value, origin) if messages else value
                 try:
                     result = await call(arg) if is_async else call(arg)
                     if not is_async and is_awaitable(result):
@@ -462,7 +468,7 @@ def _unwrap(ctx: StageContext, vals: list[Any], origs: list[Any]) -> tuple[list[
                 out_o.append(got[1])
             continue
         if isinstance(result, Message):
-            origin = _carry_metadata(result, origin)
+            origin = _carry_metadata(ctx.settler.lots, result, origin)
             if result.status == "failed":
                 ctx.fail(
                     origin,
@@ -491,7 +497,7 @@ def _unwrap_batch(ctx: StageContext, result: list[Any], group: Group) -> tuple[A
     data: list[Any] = []
     kept: list[Any] = []
     for message, member in zip(result, members, strict=True):
-        member = _carry_metadata(message, member)
+        member = _carry_metadata(ctx.settler.lots, message, member)
         if message.status == "failed":
             reason = message.reason if message.reason is not None else "failed"
             ctx.fail(member, message.data, reason, message.action)
@@ -506,14 +512,21 @@ def _unwrap_batch(ctx: StageContext, result: list[Any], group: Group) -> tuple[A
     return Batch(data, info), Group(kept)
 
 
-def _carry_metadata(result: Message[Any], origin: Any) -> Any:
+def _carry_metadata(lots: Lots, result: Message[Any], origin: Any) -> Any:
     if isinstance(origin, Message):
         if result.metadata is origin.metadata:
             return origin
         return origin.replace(origin.data, metadata=result.metadata)
+    if type(origin) is tuple and len(origin) == 2:  # a bulk item's ref
+        if result.metadata is lots.view_metadata(origin):
+            return origin
+        # changed: from now on an ordinary message, acked by ``ack`` with its new metadata
+        source = lots.release(origin)
+        return source.replace(source.data, metadata=result.metadata)
     if type(origin) in (Group, Fanout) or not result.metadata:
         return origin
-    return Message(origin, result.metadata)  # plain data: on_failure still sees the metadata
+    # plain data: on_failure still sees the metadata
+    return Message(plain_data(origin), result.metadata)
 
 
 def _partitioned(
@@ -669,7 +682,7 @@ async def _keyed_worker(part: _Partitions, call: Call, is_async: bool) -> None:
             value, origin, key = got
             started = clock()
             ctx.chunk_start(1)
-            arg = _view(value, origin) if messages else value
+            arg = _view(ctx.settler.lots, value, origin) if messages else value
             try:
                 result = await call(arg) if is_async else call(arg)
                 if not is_async and is_awaitable(result):
