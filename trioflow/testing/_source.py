@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar, cast, final
 
 import trio
 
+from .._bulk import Lot, Metadata, check_bulk
 from .._exceptions import Fatal
 from .._message import NOOP_ACKNOWLEDGER, Acknowledger, Message
 from .._sources import Outlet, Source
@@ -113,6 +114,8 @@ class RecordingAcknowledger:
         self.forward: dict[Any, Message[Any]] = {}
         #: the next sequence number :func:`record` hands out (shared by merged members)
         self.next_seq = 0
+        #: the data a :class:`TestSource` pulled, by sequence number (for :meth:`ack_ids`)
+        self.pulled: list[Any] | None = None
         self._seen: set[Any] = set()
 
     @property
@@ -131,6 +134,27 @@ class RecordingAcknowledger:
         except KeyError:
             seqs = [m.metadata.get(SEQ) for m in (*successful, *failed)]
             numbered = [s for s in seqs if s is not None]
+        self._check_once(numbered)
+        self.meter.settled += len(successful) + len(failed)
+        self.acked.extend(map(_data_of, successful))
+        self.failed.extend([(m.data, m.reason) for m in failed])
+        if self.forward:
+            await self._forward(successful, failed)
+
+    async def ack_ids(self, ids: list[Any]) -> None:
+        """Record successful messages handed over in bulk by :class:`TestSource` (their ids are
+        their sequence numbers); :class:`AckedTwice` on a double ack."""
+        self.calls += 1
+        if self.delay:
+            await trio.sleep(self.delay)
+        self._check_once(ids)
+        self.meter.settled += len(ids)
+        pulled = self.pulled
+        if pulled is None:
+            raise TypeError("ack_ids: this RecordingAcknowledger belongs to no TestSource")
+        self.acked.extend(map(pulled.__getitem__, ids))
+
+    def _check_once(self, numbered: list[Any]) -> None:
         seen = self._seen
         group = set(numbered)
         if len(group) != len(numbered) or not seen.isdisjoint(group):
@@ -138,11 +162,6 @@ class RecordingAcknowledger:
             again = sorted({s for s in numbered if counts[s] > 1 or s in seen})
             raise AckedTwice(f"messages acked twice: {SEQ} {again[:10]}")
         seen |= group
-        self.meter.settled += len(successful) + len(failed)
-        self.acked.extend(map(_data_of, successful))
-        self.failed.extend([(m.data, m.reason) for m in failed])
-        if self.forward:
-            await self._forward(successful, failed)
 
     async def _forward(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
         groups: dict[int, tuple[Acknowledger, list[Message[Any]], list[Message[Any]]]] = {}
@@ -235,6 +254,7 @@ class TestSource(_Recorded, Source[T], Generic[T]):
         self.name = name
         self.acknowledger = RecordingAcknowledger(delay=ack_delay)
         self.pulled_data: list[T] = []
+        self.acknowledger.pulled = self.pulled_data
         self._stop_after: tuple[int, trio.Event] | None = None
 
     def stop_after(self, pulled: int, stop: trio.Event) -> None:
@@ -255,7 +275,8 @@ class TestSource(_Recorded, Source[T], Generic[T]):
         return out
 
     async def produce(self, out: Outlet) -> None:
-        """Pull chunks as demand allows; each item becomes a message with the recorder."""
+        """Pull chunks as demand allows; each item becomes a message with the recorder (handed
+        over in bulk, as connectors do: its id is its sequence number)."""
         it = iter(self.iterable)
         ack = self.acknowledger
         pulled = self.pulled_data
@@ -267,10 +288,10 @@ class TestSource(_Recorded, Source[T], Generic[T]):
             start = len(pulled)
             pulled.extend(chunk)
             ack.meter.on_pull(len(chunk))
-            messages = [Message(x, {SEQ: i}, ack) for i, x in enumerate(chunk, start)]
             if self._stop_after is not None and len(pulled) >= self._stop_after[0]:
                 self._stop_after[1].set()
-            await out.send_many(messages)
+            seqs = range(start, start + len(chunk))
+            await out.send_bulk(chunk, acknowledger=ack, ids=seqs, metadata=_numbered)
 
     @property
     def label(self) -> str:
@@ -278,6 +299,10 @@ class TestSource(_Recorded, Source[T], Generic[T]):
 
     def __repr__(self) -> str:
         return f"TestSource({describe(self.iterable)})"
+
+
+def _numbered(seq: int) -> dict[str, Any]:
+    return {SEQ: seq}
 
 
 @final
@@ -312,6 +337,19 @@ class _RecordingOutlet:
 
     async def send_many(self, items: list[Any]) -> None:
         await self._out.send_many([self._wrap(x) for x in items])
+
+    async def send_bulk(
+        self,
+        data: list[Any],
+        *,
+        acknowledger: Acknowledger,
+        ids: Sequence[Any] | None = None,
+        metadata: Metadata = None,
+    ) -> None:
+        # recorded as messages: the source's acknowledger then gets them through ``ack``
+        check_bulk(data, ids, metadata)
+        lot = Lot(data, data if ids is None else ids, metadata, acknowledger)
+        await self.send_many([lot.message(i) for i in range(len(data))])
 
 
 class RecordedSource(_Recorded, Source[T], Generic[T]):
