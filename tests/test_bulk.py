@@ -321,9 +321,11 @@ async def test_plain_tuple_data_fail_with_their_own_data() -> None:
     async def add(x: Any) -> Any:
         return x if not isinstance(x, tuple) else await check(x[:2] if x else (0, 0))
 
-    report = await (tf.from_iterable(data) | tf.process(add) | tf.sink(ident)).on_failure(
-        handled.extend
-    ).run()
+    report = (
+        await (tf.from_iterable(data) | tf.process(add) | tf.sink(ident))
+        .on_failure(handled.extend)
+        .run()
+    )
     assert report.acked == 4
     assert report.failed == 1
     assert [m.data for m in handled] == [(2, 3)]

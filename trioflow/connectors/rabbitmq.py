@@ -217,6 +217,10 @@ class _QueueAcker:
             return "dead_letter"
         return spec.on_failure
 
+    async def ack_ids(self, ids: list[int]) -> None:
+        """Ack successful deliveries handed over in bulk, by delivery tag."""
+        await self._ack_tags(list(ids))
+
     async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
         run = self.run
         channel = run.channel
@@ -236,6 +240,10 @@ class _QueueAcker:
                 self.rejected += 1
         if later:
             run.requeue_later(later)
+        await self._ack_tags(tags)
+
+    async def _ack_tags(self, tags: list[int]) -> None:
+        channel = self.run.channel
         if tags:
             tags.sort()
             outstanding = self.outstanding
@@ -486,14 +494,41 @@ class _RabbitRun(Source[bytes]):
             while True:
                 room = await out.demand()
                 first: Any = await anext(it)
-                items = [self._message(first)]
+                deliveries = [first]
                 # take what has already arrived, without waiting for more
-                while len(items) < room and channel.current_buffer_size > 0:
-                    items.append(self._message(await anext(it)))
-                outstanding.update(m.metadata["delivery_tag"] for m in items)
-                await out.send_many(items)
+                while len(deliveries) < room and channel.current_buffer_size > 0:
+                    deliveries.append(await anext(it))
+                await self._hand_over(out, deliveries, outstanding)
 
-    def _message(self, delivery: Any) -> Message[bytes]:
+    async def _hand_over(self, out: Outlet, deliveries: list[Any], outstanding: set[int]) -> None:
+        """Hand deliveries over in bulk (tags as ids); a poison one goes alone, already failed."""
+        data: list[bytes] = []
+        tags: list[int] = []
+        metas: list[dict[str, Any]] = []
+        poison: list[Message[Any]] = []
+        limit = self.spec.max_deliveries
+        for delivery in deliveries:
+            meta = self._metadata(delivery)
+            tag = meta["delivery_tag"]
+            outstanding.add(tag)
+            count = meta["delivery_count"]
+            if limit is not None and count > limit:
+                # handed over already failed: straight to failure handling, never to a stage
+                poison.append(
+                    Message(delivery.body, meta, self.acker).fail(
+                        f"poison: delivered {count} times (max_deliveries={limit})",
+                        action="dead_letter" if self.spec.can_dead_letter else "discard",
+                    )
+                )
+                continue
+            data.append(delivery.body)
+            tags.append(tag)
+            metas.append(meta)
+        if poison:
+            await out.send_many(poison)
+        await out.send_bulk(data, acknowledger=self.acker, ids=tags, metadata=metas)
+
+    def _metadata(self, delivery: Any) -> dict[str, Any]:
         envelope, header = delivery.envelope, delivery.header
         headers = dict(header.headers or {})
         count = headers.get("x-delivery-count")
@@ -513,15 +548,7 @@ class _RabbitRun(Source[bytes]):
             value = getattr(header, prop, None)
             if value is not None:
                 meta[prop] = value
-        message = Message(delivery.body, meta, self.acker)
-        limit = self.spec.max_deliveries
-        if limit is not None and deliveries > limit:
-            # handed over already failed: straight to failure handling, never to a stage
-            message = message.fail(
-                f"poison: delivered {deliveries} times (max_deliveries={limit})",
-                action="dead_letter" if self.spec.can_dead_letter else "discard",
-            )
-        return message
+        return meta
 
     def __repr__(self) -> str:
         return repr(self.spec)

@@ -86,6 +86,10 @@ class _StreamAcker:
     def __repr__(self) -> str:
         return f"<redis acker {self.stream!r}/{self.group!r}>"
 
+    async def ack_ids(self, ids: list[Any]) -> None:
+        """XACK successful entries handed over in bulk, by id."""
+        await self._settle(ids, [])
+
     async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
         ids = [m.metadata["id"] for m in successful]
         dead: list[Message[Any]] = []
@@ -100,6 +104,9 @@ class _StreamAcker:
             else:
                 self.discarded += 1
             ids.append(m.metadata["id"])
+        await self._settle(ids, dead)
+
+    async def _settle(self, ids: list[Any], dead: list[Message[Any]]) -> None:
         if not ids:
             return
         pipe = self.client.pipeline(transaction=False)
@@ -366,7 +373,10 @@ class _RedisRun(Source[dict[str, str]]):
         spec, acker = self.spec, self.acker
         limit = spec.max_deliveries
         stream = spec.stream
-        items: list[Message[Any]] = []
+        data: list[dict[str, Any]] = []
+        ids: list[Any] = []
+        metas: list[dict[str, Any]] = []
+        poison: list[Message[Any]] = []
         for entry, deliveries in entries:
             meta = {
                 "id": entry.identifier,
@@ -374,15 +384,21 @@ class _RedisRun(Source[dict[str, str]]):
                 "delivery_count": deliveries,
                 "deliveries": deliveries,
             }
-            message = Message(dict(entry.field_values), meta, acker)
             if limit is not None and deliveries > limit:
                 # handed over already failed: straight to failure handling, never to a stage
-                message = message.fail(
-                    f"poison: delivered {deliveries} times (max_deliveries={limit})",
-                    action="dead_letter",
+                poison.append(
+                    Message(dict(entry.field_values), meta, acker).fail(
+                        f"poison: delivered {deliveries} times (max_deliveries={limit})",
+                        action="dead_letter",
+                    )
                 )
-            items.append(message)
-        await out.send_many(items)
+                continue
+            data.append(dict(entry.field_values))
+            ids.append(entry.identifier)
+            metas.append(meta)
+        if poison:
+            await out.send_many(poison)
+        await out.send_bulk(data, acknowledger=acker, ids=ids, metadata=metas)
 
     def __repr__(self) -> str:
         return repr(self.spec)
