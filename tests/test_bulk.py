@@ -331,6 +331,26 @@ async def test_plain_tuple_data_fail_with_their_own_data() -> None:
     assert [m.data for m in handled] == [(2, 3)]
 
 
+async def test_plain_tuples_beside_messages_in_one_chunk() -> None:
+    rec = PlainRecorder()
+    handled: list[tf.Message[Any]] = []
+
+    async def check(x: Any) -> Any:
+        if x == (1, 2):
+            raise ValueError("pair")
+        return x
+
+    class Mixed(Source[Any]):
+        async def produce(self, out: Outlet) -> None:
+            await out.send_many([(1, 2), tf.Message((3, 4), {"id": 1}, rec), (5, 6)])
+
+    pipeline = Mixed() | tf.process(check) | tf.sink(ident)
+    report = await pipeline.on_failure(handled.extend).run()
+    assert report.acked == 2
+    assert [m.data for m in handled] == [(1, 2)]
+    assert [m.data for m in rec.acked] == [(3, 4)]
+
+
 async def test_plain_tuple_data_through_a_batch_and_a_messages_stage() -> None:
     got: list[Any] = []
 

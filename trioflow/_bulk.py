@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import groupby, repeat
 from operator import itemgetter
-from typing import Any, Protocol, final, runtime_checkable
+from typing import Any, Protocol, cast, final, runtime_checkable
 
 from ._message import Acknowledger, Message
 
@@ -91,11 +91,13 @@ class Lot:
             return spec[index]
         metas = self._metas
         if metas is None:
-            metas = self._metas = [None] * len(self.data)
+            metas = cast("list[dict[str, Any] | None]", [None] * len(self.data))
+            self._metas = metas
         meta = metas[index]
         if meta is None:
             ident = self.ids[index]
-            meta = metas[index] = {"id": ident} if spec is None else spec(ident)
+            meta = {"id": ident} if spec is None else spec(ident)
+            metas[index] = meta
         return meta
 
     def message(self, index: int) -> Message[Any]:

@@ -149,7 +149,7 @@ class Outlet:
                     self._settler.fail(m, m.reason if m.reason is not None else "failed", m.action)
                 items = [m for m in items if not (isinstance(m, Message) and m.status == "failed")]
             values = [m.data if isinstance(m, Message) else m for m in items]
-            origins = items
+            origins = wrap_plain(items) if tuple in kinds else items
         elif tuple in kinds:
             values, origins = items, wrap_plain(items)
         else:
