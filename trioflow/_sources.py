@@ -10,6 +10,7 @@ nothing more is pulled.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from itertools import islice
@@ -47,6 +48,8 @@ __all__ = [
 
 T = TypeVar("T")
 
+logger = logging.getLogger("trioflow")
+
 
 _data_of = attrgetter("data")
 _status_of = attrgetter("status")
@@ -61,7 +64,16 @@ class Outlet:
     exactly that many from its system.
     """
 
-    __slots__ = ("_handing", "_label", "_queue", "_settler", "_stopping", "_tel", "scope")
+    __slots__ = (
+        "_events",
+        "_handing",
+        "_label",
+        "_queue",
+        "_settler",
+        "_stopping",
+        "_tel",
+        "scope",
+    )
 
     def __init__(self, queue: ChunkQueue, settler: Settler) -> None:
         self._queue = queue
@@ -71,10 +83,14 @@ class Outlet:
         self._handing = False
         self._stopping = False
         self._tel: Telemetry | None = None
+        self._events: Telemetry | None = None
         self._label = ""
 
     def instrument(self, telemetry: Telemetry, label: str) -> None:
-        """Emit the buffering events (demand, enqueued, buffer_full) of source ``label``."""
+        """Emit the events of source ``label`` (buffering: demand, enqueued, buffer_full; and
+        the connection events a connector reports, see :meth:`disconnected`)."""
+        self._events = telemetry
+        self._label = label
         if any(
             getattr(telemetry, f"has_{hook}", False)
             for hook in ("demand", "enqueued", "buffer_full")
@@ -89,6 +105,37 @@ class Outlet:
         tel.emit("enqueued", self._label, count)
         if count >= room:
             tel.emit("buffer_full", self._label)
+
+    def disconnected(self, exc: BaseException, attempt: int, delay: float) -> None:
+        """Report that the source lost its connection (or failed to reopen it) with ``exc``, and
+        tries again after ``delay`` seconds (``attempt``: the tries of this outage so far).
+
+        Logged as a warning on the ``"trioflow"`` logger and emitted as the
+        ``source_disconnected`` telemetry event. For connector authors (see
+        ``trioflow.connectors.Reconnect``).
+        """
+        logger.warning(
+            "trioflow: source %r lost its connection (%s: %s); trying again in %.1f s (attempt %d)",
+            self._label,
+            type(exc).__name__,
+            exc,
+            delay,
+            attempt,
+        )
+        if self._events is not None and self._events.has_source_disconnected:
+            self._events.emit("source_disconnected", self._label, exc, attempt, delay)
+
+    def reconnected(self, attempts: int, downtime: float) -> None:
+        """Report that the source is connected again after ``attempts`` tries and ``downtime``
+        seconds (logged, and emitted as the ``source_reconnected`` event)."""
+        logger.warning(
+            "trioflow: source %r reconnected after %.1f s (%d attempt(s))",
+            self._label,
+            downtime,
+            attempts,
+        )
+        if self._events is not None and self._events.has_source_reconnected:
+            self._events.emit("source_reconnected", self._label, attempts, downtime)
 
     def stop(self) -> None:
         """Stop the source for a graceful drain: cancel it now, or once its hand-over is done.

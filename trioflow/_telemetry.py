@@ -89,6 +89,15 @@ class Instrument:
     def buffer_full(self, source: str) -> None:
         """A hand-over by ``source`` filled the entry buffer: it waits for demand now."""
 
+    def source_disconnected(
+        self, source: str, exc: BaseException, attempt: int, delay: float
+    ) -> None:
+        """``source`` lost its broker connection (or failed to open it again) with ``exc``; it
+        tries again after ``delay`` seconds (``attempt`` counts the tries of this outage)."""
+
+    def source_reconnected(self, source: str, attempts: int, downtime: float) -> None:
+        """``source`` is connected again after ``attempts`` tries and ``downtime`` seconds."""
+
 
 _HOOKS = tuple(
     name
@@ -147,6 +156,11 @@ class Telemetry:
     has_ack: bool
     has_ack_error: bool
     has_failure_handler_error: bool
+    has_demand: bool
+    has_enqueued: bool
+    has_buffer_full: bool
+    has_source_disconnected: bool
+    has_source_reconnected: bool
 
     def __init__(self, instruments: list[Instrument]) -> None:
         self._instruments = list(instruments)

@@ -335,6 +335,12 @@ class _RecordingOutlet:
     async def send(self, item: Any) -> None:
         await self._out.send(self._wrap(item))
 
+    def disconnected(self, exc: BaseException, attempt: int, delay: float) -> None:
+        self._out.disconnected(exc, attempt, delay)
+
+    def reconnected(self, attempts: int, downtime: float) -> None:
+        self._out.reconnected(attempts, downtime)
+
     async def send_many(self, items: list[Any]) -> None:
         await self._out.send_many([self._wrap(x) for x in items])
 
