@@ -421,3 +421,137 @@ def test_every_bulk_message_is_settled_exactly_once(
         f"e{i}" for i in changed & set(range(n)) if i not in bad
     }
     assert n == 0 or src.lots.by_number == {}
+
+
+# -- review findings --------------------------------------------------------------------------
+
+
+class SlowAcker(BulkRecorder):
+    async def ack_ids(self, ids: list[Any]) -> None:
+        await trio.sleep(1)  # a slow broker round trip: settled messages back up
+        await super().ack_ids(ids)
+
+    async def ack(self, successful: list[tf.Message[Any]], failed: list[tf.Message[Any]]) -> None:
+        await trio.sleep(1)
+        await super().ack(successful, failed)
+
+
+async def test_poison_and_good_messages_of_one_pull_are_never_separated_by_a_drain(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trioflow._runner as runner
+
+    monkeypatch.setattr(runner, "ACK_BUFFER", 4)
+    rec = SlowAcker()
+    pulled: list[str] = []
+
+    class Pulls(Source[Any]):
+        async def produce(self, out: Outlet) -> None:
+            for first in (0, 4):
+                await trio.sleep(0.1)
+                ids = [f"e{i}" for i in range(first, first + 7)]
+                pulled.extend(ids)
+                poison = [tf.Message(i, {"id": i}, rec).fail("poison") for i in ids[:4]]
+                if first == 0:
+                    poison = []
+                await out.send_bulk(
+                    list(range(len(ids) - len(poison))),
+                    acknowledger=rec,
+                    ids=ids[len(poison) :],
+                    failed=poison,
+                )
+            await trio.sleep_forever()
+
+    stop = trio.Event()
+
+    async def stopper() -> None:
+        await trio.sleep(0.5)
+        stop.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stopper)
+        report = await (Pulls() | tf.sink(ident)).run(stop=stop)
+    settled = rec.settled_ids()
+    assert set(settled) == set(pulled)  # everything pulled was handed over and settled
+    assert report.received == len(pulled)
+
+
+async def test_settled_items_of_a_lot_still_in_flight_are_forgotten() -> None:
+    nine = trio.Event()
+
+    class Rec(BulkRecorder):
+        async def ack_ids(self, ids: list[Any]) -> None:
+            await super().ack_ids(ids)
+            if len(self.by_id) >= 9:
+                nine.set()
+
+    rec = Rec()
+    release = trio.Event()
+    lots: list[Any] = []
+
+    class One(Source[Any]):
+        async def produce(self, out: Outlet) -> None:
+            lots.append(out._settler.lots)
+            await out.send_bulk(
+                [b"x" * 100 for _ in range(10)], acknowledger=rec, ids=list(range(10))
+            )
+
+    async def hold(x: Any) -> Any:
+        return x
+
+    async def slow(i: Any) -> None:
+        pass
+
+    async def wait_for_last(m: tf.Message[bytes]) -> tf.Message[bytes]:
+        if m.metadata["id"] == 9:
+            await release.wait()
+        return m
+
+    async with trio.open_nursery() as nursery:
+        pipeline = One() | tf.process(wait_for_last, n=4, messages=True) | tf.sink(ident)
+        nursery.start_soon(pipeline.run)
+        await nine.wait()
+        (lot,) = lots[0].by_number.values()
+        assert lot.data[:9] == [None] * 9  # acked: forgotten while item 9 is in flight
+        assert lot.data[9] == b"x" * 100
+        release.set()
+    assert sorted(rec.by_id) == list(range(10))
+
+
+@pytest.mark.parametrize(
+    ("acknowledger", "error"),
+    [
+        (type("SyncIds", (PlainRecorder,), {"ack_ids": lambda self, ids: None})(), "async"),
+    ],
+)
+async def test_a_sync_ack_ids_is_refused(acknowledger: Any, error: str) -> None:
+    class Src(Source[Any]):
+        async def produce(self, out: Outlet) -> None:
+            await out.send_bulk([1], acknowledger=acknowledger)
+
+    with pytest.raises(tf.PipelineError) as info:
+        await (Src() | tf.sink(ident)).run()
+    assert "ack_ids must be an async function" in str(info.value.__cause__)
+
+
+async def test_metadata_must_be_a_list_or_a_function() -> None:
+    class Src(Source[Any]):
+        async def produce(self, out: Outlet) -> None:
+            await out.send_bulk([1], acknowledger=PlainRecorder(), metadata={"a": 1})  # type: ignore[arg-type]
+
+    with pytest.raises(tf.PipelineError) as info:
+        await (Src() | tf.sink(ident)).run()
+    assert "metadata must be a list of dicts" in str(info.value.__cause__)
+
+
+async def test_a_recorder_of_no_test_source_records_the_ids() -> None:
+    from trioflow.testing import RecordingAcknowledger
+
+    rec = RecordingAcknowledger()
+
+    class Src(Source[Any]):
+        async def produce(self, out: Outlet) -> None:
+            await out.send_bulk(["a", "b"], acknowledger=rec, ids=[10, 11])
+
+    await (Src() | tf.sink(ident)).run()
+    assert sorted(rec.acked) == [10, 11]

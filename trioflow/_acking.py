@@ -385,7 +385,9 @@ class Settler:
                         if is_fatal(exc):
                             raise
                         self._ack_failed(entry.acknowledger, entry.messages(), [], exc)
+                        entry.forget()
                         continue
+                    entry.forget()
                     self.acked += len(entry.ids)
                     if on_ack is not None:
                         on_ack(entry.acknowledger, len(entry.ids), 0)

@@ -24,7 +24,8 @@ A connector that pulled a chunk from its system hands it over with
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from itertools import groupby, repeat
 from operator import itemgetter
 from typing import Any, Protocol, cast, final, runtime_checkable
@@ -104,6 +105,20 @@ class Lot:
         """The source message of item ``index`` (its original data)."""
         return Message(self.data[index], self.meta(index), self.acknowledger)
 
+    def forget(self, indexes: Iterable[int]) -> None:
+        """Drop settled items' data and metadata while the rest of the lot is in flight, so
+        that memory stays bounded by what is in flight (a whole lot goes when it is done)."""
+        if self.remaining <= 0:
+            return
+        data, metas, spec = self.data, self._metas, self.metadata
+        own = isinstance(spec, list)
+        for i in indexes:
+            data[i] = None
+            if metas is not None:
+                metas[i] = None
+            if own:
+                spec[i] = None  # type: ignore[index]
+
 
 @final
 class ByIds:
@@ -127,6 +142,11 @@ class ByIds:
     def messages(self) -> list[Message[Any]]:
         """The messages acked by id (for an error report)."""
         return [lot.message(ref[1]) for lot, run in self.parts for ref in run]
+
+    def forget(self) -> None:
+        """The ack call is over: drop the items' data (see :meth:`Lot.forget`)."""
+        for lot, run in self.parts:
+            lot.forget(map(index_of, run))
 
 
 @final
@@ -165,7 +185,9 @@ class Lots:
         message, from now on settled as an ordinary one."""
         lot = self.by_number[ref[0]]
         self._settled(ref[0], lot, 1)
-        return lot.message(ref[1])
+        message = lot.message(ref[1])
+        lot.forget((ref[1],))
+        return message
 
     def _settled(self, number: int, lot: Lot, count: int) -> None:
         lot.remaining -= count
@@ -191,6 +213,7 @@ class Lots:
             self._settled(number, lot, count)
             if lot.bulk is None:
                 as_messages.extend(map(lot.message, map(index_of, run)))
+                lot.forget(map(index_of, run))
                 continue
             if count == len(lot.data) and run[0][1] == 0 and run[-1][1] == count - 1:
                 ids = list(lot.ids)  # the whole lot, in order
@@ -220,12 +243,29 @@ def plain_data(origin: Any) -> Any:
     return origin[0] if type(origin) is tuple else origin
 
 
-def check_bulk(data: Any, ids: Sequence[Any] | None, metadata: Metadata) -> None:
+def check_bulk(
+    data: Any, ids: Sequence[Any] | None, metadata: Metadata, acknowledger: Any
+) -> None:
     """Refuse a bulk hand-over whose parts do not line up, naming what is wrong."""
     if not isinstance(data, list):
         raise TypeError(f"send_bulk: data must be a list, not {type(data).__name__}")
     n = len(data)
     if ids is not None and len(ids) != n:
         raise ValueError(f"send_bulk: {len(ids)} ids for {n} data items")
-    if metadata is not None and not callable(metadata) and len(metadata) != n:
-        raise ValueError(f"send_bulk: {len(metadata)} metadata dicts for {n} data items")
+    if metadata is not None and not callable(metadata):
+        if not isinstance(metadata, (list, tuple)):
+            raise TypeError(
+                "send_bulk: metadata must be a list of dicts (one per item), a function of an "
+                f"id, or None, not {type(metadata).__name__}"
+            )
+        if len(metadata) != n:
+            raise ValueError(f"send_bulk: {len(metadata)} metadata dicts for {n} data items")
+    if not callable(getattr(acknowledger, "ack", None)):
+        raise TypeError(
+            f"send_bulk: acknowledger={acknowledger!r} has no ack(successful, failed) method"
+        )
+    ack_ids = getattr(acknowledger, "ack_ids", None)
+    if ack_ids is not None and not inspect.iscoroutinefunction(ack_ids):
+        raise TypeError(
+            f"send_bulk: {acknowledger!r}.ack_ids must be an async function (async def ack_ids)"
+        )

@@ -191,9 +191,7 @@ class Outlet:
                 self._settler.note_acknowledgers([m for m in items if isinstance(m, Message)])
             failed = [m for m in items if isinstance(m, Message) and m.status == "failed"]
             if failed:
-                self._settler.received += len(failed)
-                for m in failed:
-                    self._settler.fail(m, m.reason if m.reason is not None else "failed", m.action)
+                self._fail_now(failed)
                 items = [m for m in items if not (isinstance(m, Message) and m.status == "failed")]
             values = [m.data if isinstance(m, Message) else m for m in items]
             origins = wrap_plain(items) if tuple in kinds else items
@@ -212,19 +210,23 @@ class Outlet:
         acknowledger: Acknowledger,
         ids: Sequence[Any] | None = None,
         metadata: Metadata = None,
+        failed: Sequence[Message[Any]] = (),
     ) -> None:
         """Hand over a chunk of messages sharing one acknowledger, without a ``Message`` each.
 
-        The fastest way for a connector: ``data`` are the items' data (the list is kept: do not
-        reuse it), ``ids`` what the acknowledger needs to ack each one (entry ids, delivery tags,
-        offsets; default: the data themselves), and ``metadata`` either one dict per item or a
-        function of an id that makes it (called at most once per item, and only when a
-        ``messages=True`` stage, a failure or an ``ack`` needs the message; default
-        ``{"id": id}``). Stages see the same messages as from :meth:`send_many`.
+        The fastest way for a connector: ``data`` are the items' data, ``ids`` what the
+        acknowledger needs to ack each one (entry ids, delivery tags, offsets; default: the data
+        themselves), and ``metadata`` either a list of one dict per item or a function of an id
+        that makes it (called at most once per item, and only when a ``messages=True`` stage, a
+        failure or an ``ack`` needs the message; default ``{"id": id}``). The lists are kept
+        (each item's entries are cleared once it is settled): do not reuse them. Stages see the
+        same messages as from :meth:`send_many`. ``failed``: messages of the same pull the source
+        already failed (``message.fail(...)``, a poison message), settled in the same hand-over,
+        so a drain cannot separate them from the rest.
 
         Successful messages are acked by ``acknowledger.ack_ids(ids)`` when the acknowledger has
-        that method (see :class:`~trioflow.abc.BulkAcknowledger`), else by ``ack`` with built
-        messages; failed ones always by ``ack``.
+        that method (an ``async def``; see :class:`~trioflow.abc.BulkAcknowledger`), else by
+        ``ack`` with built messages; failed ones always by ``ack``.
 
         Examples:
             >>> entries = await redis.xreadgroup(..., count=await out.demand())
@@ -234,17 +236,28 @@ class Outlet:
             ...     ids=[e.id for e in entries],
             ... )
         """
-        check_bulk(data, ids, metadata)
-        if not data:
-            return
-        if not callable(getattr(acknowledger, "ack", None)):
-            raise TypeError(
-                f"send_bulk: acknowledger={acknowledger!r} has no ack(successful, failed) method"
-            )
-        lot = Lot(data, data if ids is None else ids, metadata, acknowledger)
-        if not self._settler.acking and acknowledger is not NOOP_ACKNOWLEDGER:
-            self._settler.note_bulk()
-        await self._hand_over(data.copy(), self._settler.lots.refs(lot))
+        check_bulk(data, ids, metadata, acknowledger)
+        for m in failed:
+            if not isinstance(m, Message) or m.status != "failed":
+                raise TypeError(f"send_bulk: failed= takes failed messages, not {m!r}")
+        if failed:  # settled at once, with no checkpoint before the rest is in
+            if not self._settler.acking:
+                self._settler.note_acknowledgers(list(failed))
+            self._fail_now(failed)
+        if data:
+            lot = Lot(data, data if ids is None else ids, metadata, acknowledger)
+            if not self._settler.acking and acknowledger is not NOOP_ACKNOWLEDGER:
+                self._settler.note_bulk()
+            await self._hand_over(data.copy(), self._settler.lots.refs(lot))
+        if failed:
+            await self._settler.room()
+
+    def _fail_now(self, failed: Sequence[Message[Any]]) -> None:
+        """Messages a source handed over already failed go straight to failure handling."""
+        settler = self._settler
+        settler.received += len(failed)
+        for m in failed:
+            settler.fail(m, m.reason if m.reason is not None else "failed", m.action)
 
     async def _hand_over(self, values: list[Any], origins: list[Any]) -> None:
         # Items count as received once they are in: a hard stop cancelling the wait for room

@@ -150,9 +150,8 @@ class RecordingAcknowledger:
         self._check_once(ids)
         self.meter.settled += len(ids)
         pulled = self.pulled
-        if pulled is None:
-            raise TypeError("ack_ids: this RecordingAcknowledger belongs to no TestSource")
-        self.acked.extend(map(pulled.__getitem__, ids))
+        # a recorder of no TestSource (used by hand with send_bulk) records the ids themselves
+        self.acked.extend(ids if pulled is None else map(pulled.__getitem__, ids))
 
     def _check_once(self, numbered: list[Any]) -> None:
         seen = self._seen
@@ -351,11 +350,12 @@ class _RecordingOutlet:
         acknowledger: Acknowledger,
         ids: Sequence[Any] | None = None,
         metadata: Metadata = None,
+        failed: Sequence[Message[Any]] = (),
     ) -> None:
         # recorded as messages: the source's acknowledger then gets them through ``ack``
-        check_bulk(data, ids, metadata)
+        check_bulk(data, ids, metadata, acknowledger)
         lot = Lot(data, data if ids is None else ids, metadata, acknowledger)
-        await self.send_many([lot.message(i) for i in range(len(data))])
+        await self.send_many([*failed, *(lot.message(i) for i in range(len(data)))])
 
 
 class RecordedSource(_Recorded, Source[T], Generic[T]):
