@@ -636,6 +636,8 @@ async def _intake(part: _Partitions, inq: ChunkQueue) -> None:
     pool = part.pool
     ctx = pool.ctx
     key_fn, what = part.key_fn, part.what
+    lots = ctx.settler.lots
+    messages = pool.messages  # a messages=True stage's key function sees the message too
     try:
         while True:
             await pool.room()
@@ -646,7 +648,8 @@ async def _intake(part: _Partitions, inq: ChunkQueue) -> None:
             failed = False
             for value, origin in zip(values, origins, strict=True):
                 try:
-                    key = checked_key(key_fn(value), what)
+                    arg = _view(lots, value, origin) if messages else value
+                    key = checked_key(key_fn(arg), what)
                     hash(key)
                 except Exception as exc:
                     if is_fatal(exc):
