@@ -277,6 +277,8 @@ FIGURES: list[tuple[str, str, str, Callable[[dict[str, Any]], Any], str, float]]
      lambda s: _paired(s, "W8", "batch-acks", "batch-plain", "throughput"), ">=", 0.75),
     ("W8", "W8 acks cost, one stage: messages / plain data", ">= 0.75x",
      lambda s: _paired(s, "W8", "one-acks", "one-plain", "throughput"), ">=", 0.75),
+    ("W9", "W9 Kafka, 4 partitions, 5 ms handler: trioflow n=64 by key / confluent-kafka loop",
+     ">= 10x", lambda s: _ratio(s, "W9", "trioflow"), ">=", 10.0),
 ]  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""The workloads W1-W8; each module has TITLE, DESCRIPTION, METRIC, SIZES, expected(), IMPLS.
+"""The workloads W1-W9; each module has TITLE, DESCRIPTION, METRIC, SIZES, expected(), IMPLS.
 
 Optional: ``PEER_SIZES`` (sizes for slow implementations in the default run, so the suite stays
 within a few minutes; throughput is what is compared), ``NOTES``, ``SKIPPED`` (implementation ->
@@ -23,6 +23,7 @@ MODULES = {
     "W6": "w6_acks",
     "W7": "w7_wakeup",
     "W8": "w8_ack_cost",
+    "W9": "w9_kafka",
 }
 
 
