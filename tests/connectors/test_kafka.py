@@ -223,3 +223,35 @@ async def test_two_consumers_share_the_partitions_and_lose_nothing(
     assert set(seen) == set(range(n))  # nothing lost (duplicates only from the revoked window)
     committed = await trio.to_thread.run_sync(kafka_server.committed, topic, group, 4)
     assert sum(committed) == n
+
+
+async def test_metadata_delivery_counts_and_max_deliveries(kafka_server: KafkaServer) -> None:
+    topic = kafka_server.create_topic(_name("meta"), 1)
+    dead = kafka_server.create_topic(f"{topic}.dead", 1)
+    await trio.to_thread.run_sync(kafka_server.produce, topic, [(b"a", b"1"), (b"b", b"2")])
+    await trio.to_thread.run_sync(
+        lambda: kafka_server.produce(topic, [(b"c", b"3")], **{"trioflow-delivery-count": b"7"})
+    )
+    seen: list[dict[str, Any]] = []
+    done = trio.Event()
+
+    async def look(m: tf.Message[bytes]) -> tf.Message[bytes]:
+        seen.append(m.metadata)
+        if len(seen) == 2:
+            done.set()
+        return m
+
+    source = _source(kafka_server, topic, _name("g"), max_deliveries=3)
+    report = await _run_until(source | tf.process(look, messages=True), done)
+    assert [(m["key"], m["offset"], m["delivery_count"]) for m in seen] == [
+        (b"a", 0, 1),
+        (b"b", 1, 1),
+    ]
+    assert {m["topic"] for m in seen} == {topic}
+    assert all(isinstance(m["timestamp"], int) and m["headers"] == {} for m in seen)
+    assert report.failed == 1  # the record delivered 7 times never reached the stage
+    (letter,) = await trio.to_thread.run_sync(kafka_server.read_all, dead, 1)
+    assert letter.key() == b"c"
+    assert dict(letter.headers())["trioflow-reason"].startswith(b"poison: delivered 7 times")
+    figures = report.sources[source.label]
+    assert {"in_flight", "abandoned", "commits"} <= set(figures)
