@@ -226,3 +226,52 @@ def test_strict_false_converts_strings_of_a_broker() -> None:
         convert({"id": "five", "amount": "1"})
     with pytest.raises(tf.DecodeError, match=r"^Entry: expected int, got str @ \$\.id$"):
         tf.decode(Entry, format=None)({"id": "5", "amount": 1.5})
+
+
+# --- documents nested too deeply for the parser ---------------------------------------------------
+
+TOO_DEEP = (
+    r"^Invoice: nesting too deep: arrays or objects nested deeper than Python's recursion limit "
+    r"\(\d+\) allows$"
+)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"[" * 1024, "[" * 1024, '{"a": ' * 5000, b"[" * 100_000 + b"]" * 100_000]
+)
+def test_deep_nesting_is_a_decode_error_not_a_recursion_error(raw: Any) -> None:
+    with pytest.raises(tf.DecodeError, match=TOO_DEEP) as info:
+        Decoder(Invoice)(raw)
+    assert info.value.errors == ["nesting too deep"]
+    assert isinstance(info.value.__cause__, RecursionError)
+
+
+@attrs.frozen
+class Tree:
+    children: list[Tree]
+
+
+def test_deep_nesting_while_structuring_is_a_decode_error() -> None:
+    deep: dict[str, Any] = {"children": []}
+    for _ in range(5000):  # built without recursion; structuring it recurses
+        deep = {"children": [deep]}
+    with pytest.raises(tf.DecodeError, match=r"^Tree: nesting too deep: ") as info:
+        Decoder(Tree, format=None)(deep)
+    assert info.value.errors == ["nesting too deep"]
+    assert Decoder(Tree, format=None)({"children": [{"children": []}]}) == Tree([Tree([])])
+
+
+async def test_a_deeply_nested_item_fails_alone_with_the_stage_and_an_excerpt() -> None:
+    good = b'{"id": 1, "customer": "a", "amount": 1}'
+    src = TestSource([good, b"[" * 1024, good])
+    out: list[Invoice] = []
+    report = await (src | tf.decode(Invoice) | tf.sink(out.append)).run()
+    assert out == [Invoice(1, "a", 1.0)] * 2
+    assert report.failed_by_reason == {"DecodeError": 1}
+    [(data, reason)] = src.failed
+    assert data == b"[" * 1024
+    assert isinstance(reason, tf.DecodeError)
+    assert str(reason).startswith("Invoice: nesting too deep")
+    [note] = reason.__notes__
+    assert note.startswith("trioflow: in stage 'decode(Invoice)', item b'[[[[")
+    assert len(note) < 300  # an excerpt, not the item

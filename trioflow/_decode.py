@@ -12,6 +12,7 @@ replaces both.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Generic, Literal, TypeVar, final
 
 import cattrs
@@ -96,6 +97,32 @@ def converting_converter() -> cattrs.Converter:
     return cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
 
+def nesting_too_deep(type_name: str | None = None) -> DecodeError:
+    """The error for a document nested deeper than the decoder can follow (``[[[[...``).
+
+    ``json`` and cattrs recurse once per level and raise ``RecursionError`` near the
+    interpreter's recursion limit; that is a property of the item, not a bug, so it is reported
+    as a :class:`DecodeError` that fails the item alone.
+    """
+    problem = (
+        "nesting too deep: arrays or objects nested deeper than Python's recursion limit "
+        f"({sys.getrecursionlimit()}) allows"
+    )
+    return DecodeError(f"{type_name}: {problem}" if type_name else problem, ["nesting too deep"])
+
+
+def _has_recursion_error(exc: BaseException) -> bool:
+    """Whether a (possibly deep) cattrs error group holds a ``RecursionError``; no recursion."""
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, RecursionError):
+            return True
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(e.exceptions)
+    return False
+
+
 def _format(exc: BaseException, target: Any) -> str:
     if isinstance(exc, _WrongType):
         return str(exc)
@@ -145,12 +172,18 @@ class Decoder(Generic[T]):
                     f"column {exc.colno}",
                     [f"malformed JSON: {exc.msg}"],
                 ) from exc
+            except RecursionError as exc:
+                raise nesting_too_deep(self._type_name) from exc
         if hasattr(self.cls, "__attrs_attrs__") and not isinstance(data, dict):
             problem = f"expected an object, got {_json_type(data)} @ $"
             raise DecodeError(f"{self._type_name}: {problem}", [problem])
         try:
             return self.converter.structure(data, self.cls)
+        except RecursionError as exc:  # a recursive type, structured level by level
+            raise nesting_too_deep(self._type_name) from exc
         except Exception as exc:
+            if _has_recursion_error(exc):  # the same, collected by detailed validation
+                raise nesting_too_deep(self._type_name) from exc
             if isinstance(exc, cattrs.BaseValidationError):
                 errors = cattrs.transform_error(exc, format_exception=_format)
             else:
@@ -173,10 +206,11 @@ def decode(
     """A stage that turns bytes, str or dicts into ``cls`` (an attrs class, or any type cattrs
     structures); a bad item fails with a :class:`DecodeError` naming each field path and problem.
 
-    Unknown fields, wrong types, missing fields, invalid UTF-8 and malformed JSON each give a clear
-    reason; nothing about a bad item stops the pipeline. With ``format=None`` items must already be
-    dicts (or whatever ``converter`` structures). ``strict`` (the default) refuses values of the
-    wrong JSON type; ``strict=False`` converts them (``"5"`` to ``5``: for Redis stream fields).
+    Unknown fields, wrong types, missing fields, invalid UTF-8, malformed JSON and JSON nested too
+    deeply for the parser (``nesting too deep``) each give a clear reason; nothing about a bad
+    item stops the pipeline. With ``format=None`` items must already be dicts (or whatever
+    ``converter`` structures). ``strict`` (the default) refuses values of the wrong JSON type;
+    ``strict=False`` converts them (``"5"`` to ``5``: for Redis stream fields).
 
     Examples:
         >>> pipeline = from_iterable(lines) | decode(Invoice) | batch(100, 1.0) | sink(save)

@@ -112,3 +112,110 @@ async def test_sink_and_dead_letter_writer(tmp_path: Path) -> None:
     assert sorted((d["data"], d["reason"]) for d in dead_rows) == [
         (n, f"ValueError: {n} is divisible by 3") for n in (0, 3, 6, 9)
     ]
+
+
+# --- lines that must not stop the source ---------------------------------------------------------
+
+
+async def test_a_deeply_nested_line_fails_alone_and_the_checkpoint_moves_past_it(
+    tmp_path: Path,
+) -> None:
+    path, checkpoint = tmp_path / "in.jsonl", tmp_path / "ck"
+    write_lines(path, ['{"n": 1}', "[" * 1024, '{"n": 3}'])
+    for _ in range(2):  # a restart from the checkpoint does not meet the line again
+        seen: list[Any] = []
+        failed: list[tf.Message[Any]] = []
+        pipeline = JsonlSource(path, checkpoint=checkpoint) | tf.sink(seen.append)
+        report = await pipeline.on_failure(failed.extend).run()
+        assert read_checkpoint(checkpoint) == path.stat().st_size
+        if report.received:
+            assert seen == [{"n": 1}, {"n": 3}]
+            assert report.failed_by_reason == {"DecodeError": 1}
+            [bad] = failed
+            assert (bad.data, bad.metadata["line"]) == ("[" * 1024, 2)
+            assert isinstance(bad.reason, tf.DecodeError)
+            assert str(bad.reason).startswith("nesting too deep: arrays or objects nested deeper")
+    assert (report.received, seen) == (0, [])
+
+
+async def test_a_line_over_the_default_limit_fails_with_its_size_and_is_skipped(
+    tmp_path: Path,
+) -> None:
+    path, checkpoint = tmp_path / "in.jsonl", tmp_path / "ck"
+    long = '{"s": "' + "x" * (5 << 20) + '"}'  # 5 MiB: over the 4 MiB default
+    write_lines(path, ['{"n": 1}', long, '{"n": 3}'])
+    seen: list[Any] = []
+    failed: list[tf.Message[Any]] = []
+    pipeline = JsonlSource(path, checkpoint=checkpoint) | tf.sink(seen.append)
+    report = await pipeline.on_failure(failed.extend).run()
+    assert seen == [{"n": 1}, {"n": 3}]
+    assert report.failed_by_reason == {"LineTooLong": 1}
+    [bad] = failed
+    assert str(bad.reason) == (
+        f"line 2 is {len(long)} bytes long, more than max_line_bytes={4 << 20}"
+    )
+    assert bad.data == long[:256]  # what is kept of it: its head, to recognise it by
+    assert (bad.metadata["line"], bad.metadata["end"] - bad.metadata["offset"]) == (
+        2,
+        len(long) + 1,
+    )
+    assert read_checkpoint(checkpoint) == path.stat().st_size
+
+
+async def test_an_over_long_line_is_never_held_whole(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = tmp_path / "in.jsonl"
+
+    def write() -> None:
+        with open(path, "wb") as f:
+            f.write(b'{"n": 1}\n"')
+            for _ in range(64):  # one line of 64 MiB
+                f.write(b"x" * (1 << 20))
+            f.write(b'"\n{"n": 3}\n')
+
+    write()
+    seen: list[Any] = []
+    tracemalloc.start()
+    try:
+        pipeline = JsonlSource(path) | tf.sink(seen.append)
+        report = await pipeline.on_failure(lambda messages: None).run()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (seen, report.failed_by_reason) == ([{"n": 1}, {"n": 3}], {"LineTooLong": 1})
+    assert peak < 12 << 20  # about the 4 MiB limit and a 1 MiB block, not 64 MiB
+
+
+async def test_max_line_bytes_bounds_lines_without_their_newline(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    fits = '"' + "a" * 98 + '"'  # 100 bytes: exactly the limit
+    over = '"' + "b" * 99 + '"'  # 101 bytes
+    path.write_text("\n".join([fits, over, "[1]", fits + "\r", over]))  # the last: no newline
+    seen: list[tuple[Any, int]] = []
+    failed: list[tf.Message[Any]] = []
+
+    async def save(m: tf.Message[Any]) -> None:
+        seen.append((m.data, m.metadata["line"]))
+
+    source = JsonlSource(path, max_line_bytes=100)
+    report = await (source | tf.sink(save, messages=True)).on_failure(failed.extend).run()
+    assert seen == [("a" * 98, 1), ([1], 3)]
+    assert [(m.metadata["line"], str(m.reason)) for m in failed] == [
+        (2, "line 2 is 101 bytes long, more than max_line_bytes=100"),
+        (4, "line 4 is 101 bytes long, more than max_line_bytes=100"),  # "\r" is the line's
+        (5, "line 5 is 101 bytes long, more than max_line_bytes=100"),
+    ]
+    assert [m.data for m in failed] == [over, fits + "\r", over]
+    assert report.received == 5
+    # no limit: as before
+    unlimited = await tf.collect(JsonlSource(path, max_line_bytes=None, raw=True))
+    assert unlimited == [fits, over, "[1]", fits, over]
+
+
+def test_max_line_bytes_is_checked() -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(
+            ValueError, match=rf"^max_line_bytes={bad!r} must be a positive integer or None$"
+        ):
+            JsonlSource("x.jsonl", max_line_bytes=bad)  # type: ignore[arg-type]

@@ -1,10 +1,17 @@
-"""What a stage's workers share: the settler, their figures, telemetry, and the emit target."""
+"""What a stage's workers share: the settler, their figures, telemetry, and the emit target.
+
+Also how code running inside a stage call (a connector sink's own retry loop) reaches its stage:
+every worker binds its :class:`StageContext` in a context variable when it takes work, and trio
+copies it into tasks the call starts; :func:`note_retry` reads it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, final
 
+import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from .._acking import Settler
@@ -18,7 +25,10 @@ from .._validate import excerpt
 if TYPE_CHECKING:
     from .._metrics import Meter
 
-__all__ = ["Emitter", "StageContext", "Terminal"]
+__all__ = ["Emitter", "StageContext", "Terminal", "note_retry"]
+
+#: the stage whose call the current task is making (None outside a stage)
+_current: ContextVar[StageContext | None] = ContextVar("trioflow_stage", default=None)
 
 
 class Emitter(Protocol):
@@ -164,7 +174,13 @@ class StageContext:
         self.draining: Callable[[], bool] = _never
 
     def chunk_start(self, items: int) -> None:
-        """A worker took ``items`` items (call once per chunk)."""
+        """A worker took ``items`` items (call once per chunk).
+
+        The first chunk of each worker task binds this context for :func:`note_retry` (later
+        chunks pay one context-variable read).
+        """
+        if _current.get() is not self:
+            _current.set(self)
         self.active += items
         if self.telemetry.has_stage_start:
             self.telemetry.emit("stage_start", self.label, items)
@@ -176,6 +192,13 @@ class StageContext:
         self.histogram.add(seconds / items, items)
         if self.telemetry.has_stage_stop:
             self.telemetry.emit("stage_stop", self.label, items, seconds)
+
+    def retried(self, data: Any, attempt: int, exc: BaseException, delay: float) -> None:
+        """A call of this stage retries by itself: count it in ``report.retried``, tell
+        instruments (the ``retry`` event), as a stage's own :class:`~trioflow.Retry` does."""
+        self.settler.retried += 1
+        if self.telemetry.has_retry:
+            self.telemetry.emit("retry", self.label, data, attempt, exc, delay)
 
     def fail(
         self,
@@ -223,3 +246,32 @@ def note_item(exc: BaseException, label: str, value: Any) -> None:
         exc.add_note(f"{NOTE_PREFIX}{label!r}, item {excerpt(value, 200)}")
     except Exception:
         pass
+
+
+def note_retry(data: Any, attempt: int, exc: BaseException, delay: float) -> bool:
+    """Count a retry that a stage's function makes itself, as if the stage's ``retry=`` had.
+
+    For connector code with its own retry loop (a database sink reconnecting): the retry is
+    counted in ``report.retried`` (exported to Prometheus as ``trioflow_retried``) and reaches
+    instruments as the ``retry`` event of the stage making the call. ``data`` is the item (or
+    batch) being retried, ``attempt`` the number of the call about to be made (2 for the first
+    retry), ``exc`` what the failed call raised and ``delay`` the seconds waited before it.
+
+    Costs nothing unless called. Returns whether a stage was found: outside a pipeline (a sink
+    called directly) nothing is counted. Call it from the stage's task or a task it started; from
+    a thread started with ``trio.to_thread`` it is forwarded to the trio thread.
+
+    Examples:
+        >>> note_retry(rows, attempt + 1, exc, delay)
+        >>> await trio.sleep(delay)
+    """
+    ctx = _current.get()
+    if ctx is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:  # a worker thread: the figures belong to the trio thread
+        trio.from_thread.run_sync(ctx.retried, data, attempt, exc, delay)
+    else:
+        ctx.retried(data, attempt, exc, delay)
+    return True

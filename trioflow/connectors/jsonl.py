@@ -7,6 +7,10 @@ settled line (successful or failed: failures are the failure handler's business)
 atomically, so a restarted run resumes after the last line whose fate was decided and loses
 nothing; lines after a gap are read again (at-least-once).
 
+No line can stop the source: one that is not JSON, one nested too deeply for the parser, and one
+longer than ``max_line_bytes`` (which is skipped up to its newline without being held in memory)
+each become a failed message, so the checkpoint moves past it like past any settled line.
+
 Examples:
     >>> source = JsonlSource("events.jsonl", checkpoint="events.checkpoint")
     >>> pipeline = source | decode(Event) | batch(500, 1.0) | sink(SqliteSink("out.db", "events"))
@@ -22,13 +26,30 @@ from typing import IO, Any, ClassVar, final
 
 import trio
 
+from .._decode import nesting_too_deep
+from .._exceptions import TrioflowError
 from .._message import Message
 from .._sources import Outlet, Source
 from .._validate import describe
 
-__all__ = ["JsonlSink", "JsonlSource", "read_checkpoint"]
+__all__ = ["JsonlSink", "JsonlSource", "LineTooLong", "read_checkpoint"]
 
+#: at most this many lines per read from the file (and per hand-over) ...
 _CHUNK = 512
+#: ... and, past the first line, at most about this many bytes: a chunk of long lines is short
+_CHUNK_BYTES = 1 << 20
+#: a line over the limit is discarded in pieces of this size, never held whole
+_SKIP_BLOCK = 1 << 20
+#: how much of an over-long line its failed message keeps as data (to recognise it)
+_HEAD = 256
+
+#: the default ``max_line_bytes``: 4 MiB
+MAX_LINE_BYTES = 4 << 20
+
+
+@final
+class LineTooLong(TrioflowError, ValueError):
+    """A line longer than the source's ``max_line_bytes``: the reason of its failed message."""
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> int:
@@ -80,9 +101,20 @@ class JsonlSource(Source[Any]):
     """Lines of a JSON-lines file, decoded with ``json.loads`` (or given raw with ``raw=True``).
 
     A line that is not valid JSON is handed over as its text in a message already failed
-    (reason: the JSON error), so it reaches the failure handler and never stops the run.
-    ``checkpoint`` names the file that records progress; without it every run reads from the
-    start. Blank lines are skipped (and counted as settled).
+    (reason: the JSON error, or a :class:`~trioflow.DecodeError` "nesting too deep" for a
+    document nested beyond what the parser follows), so it reaches the failure handler and never
+    stops the run. ``checkpoint`` names the file that records progress; without it every run
+    reads from the start. Blank lines are skipped (and counted as settled).
+
+    ``max_line_bytes`` (default 4 MiB, ``None`` for no limit) bounds the bytes of one line, its
+    newline not counted. A longer line is read and thrown away block by block up to its newline
+    (memory stays at about the limit), and handed over failed with a :class:`LineTooLong` reason
+    naming its size and the limit; its data is the text of its first 256 bytes. Memory held by
+    the source is about one chunk of lines (at most 1 MiB, or one line of up to the limit), plus
+    what the pipeline holds in flight (its buffers, in items: each up to ``max_line_bytes``).
+
+    Examples:
+        >>> JsonlSource("events.jsonl", checkpoint="events.ck", max_line_bytes=64 << 10)
     """
 
     _options: ClassVar[frozenset[str]] = frozenset()
@@ -93,11 +125,21 @@ class JsonlSource(Source[Any]):
         *,
         checkpoint: str | os.PathLike[str] | None = None,
         raw: bool = False,
+        max_line_bytes: int | None = MAX_LINE_BYTES,
         name: str | None = None,
     ) -> None:
+        if max_line_bytes is not None and (
+            not isinstance(max_line_bytes, int)
+            or isinstance(max_line_bytes, bool)
+            or max_line_bytes < 1
+        ):
+            raise ValueError(
+                f"max_line_bytes={max_line_bytes!r} must be a positive integer or None"
+            )
         self.path = Path(path)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.raw = raw
+        self.max_line_bytes = max_line_bytes
         self.name = name
 
     async def produce(self, out: Outlet) -> None:
@@ -107,9 +149,10 @@ class JsonlSource(Source[Any]):
         try:
             line_no = await trio.to_thread.run_sync(_count_lines, f, start)
             offset = start
+            limit = self.max_line_bytes
             while True:
                 room = await out.demand()
-                lines = await trio.to_thread.run_sync(_read_lines, f, min(room, _CHUNK))
+                lines = await trio.to_thread.run_sync(_read_lines, f, min(room, _CHUNK), limit)
                 if not lines:
                     return
                 batch: list[Message[Any]] = []
@@ -118,6 +161,10 @@ class JsonlSource(Source[Any]):
                     line_no += 1
                     meta = {"offset": offset, "end": end, "line": line_no}
                     offset = end
+                    if isinstance(text, _Skipped):
+                        assert limit is not None
+                        batch.append(text.message(meta, acker, limit))
+                        continue
                     stripped = text.strip()
                     if not stripped:
                         await acker.ack([Message(None, meta)], [])
@@ -131,11 +178,15 @@ class JsonlSource(Source[Any]):
     def _message(self, line: bytes, meta: dict[str, Any], acker: _Checkpointer) -> Message[Any]:
         if self.raw:
             return Message(line.decode("utf-8", "replace"), meta, acker)
+        reason: BaseException
         try:
             return Message(json.loads(line), meta, acker)
         except ValueError as exc:
-            text = line.decode("utf-8", "replace")
-            return Message(text, meta, acker, "failed", exc)
+            reason = exc
+        except RecursionError as exc:  # ``[[[[...``: the item's fault, not the run's
+            reason = nesting_too_deep()
+            reason.__cause__ = exc
+        return Message(line.decode("utf-8", "replace"), meta, acker, "failed", reason)
 
     @property
     def label(self) -> str:
@@ -159,14 +210,58 @@ def _count_lines(f: IO[bytes], upto: int) -> int:
     return count
 
 
-def _read_lines(f: IO[bytes], count: int) -> list[bytes]:
-    lines = []
-    for _ in range(count):
-        line = f.readline()
+@final
+class _Skipped:
+    """A line over the limit, read past: its first bytes, its length, whether a newline ends it."""
+
+    __slots__ = ("head", "newline", "size")
+
+    def __init__(self, head: bytes, size: int, newline: bool) -> None:
+        self.head = head
+        self.size = size  # bytes in the file, newline included: where the next line starts
+        self.newline = newline
+
+    def __len__(self) -> int:
+        return self.size
+
+    def message(self, meta: dict[str, Any], acker: _Checkpointer, limit: int) -> Message[Any]:
+        reason = LineTooLong(
+            f"line {meta['line']} is {self.size - self.newline} bytes long, "
+            f"more than max_line_bytes={limit}"
+        )
+        return Message(self.head.decode("utf-8", "replace"), meta, acker, "failed", reason)
+
+
+def _read_lines(f: IO[bytes], count: int, limit: int | None) -> list[bytes | _Skipped]:
+    """Up to ``count`` lines (fewer once about ``_CHUNK_BYTES`` are read); a line longer than
+    ``limit`` is read past up to its newline and stands as a :class:`_Skipped`."""
+    lines: list[bytes | _Skipped] = []
+    total = 0
+    while len(lines) < count and total < _CHUNK_BYTES:
+        if limit is None:
+            line = f.readline()
+        else:
+            # at most the limit, its newline, and one more byte that tells an over-long line
+            line = f.readline(limit + 1)
+            if len(line) > limit and not line.endswith(b"\n"):
+                lines.append(_skip_rest(f, line))
+                total += len(line)
+                continue
         if not line:
             break
         lines.append(line)
+        total += len(line)
     return lines
+
+
+def _skip_rest(f: IO[bytes], start: bytes) -> _Skipped:
+    """Read and drop the rest of a line whose first bytes are ``start``, block by block."""
+    size = len(start)
+    while True:
+        block = f.readline(_SKIP_BLOCK)
+        size += len(block)
+        if not block or block.endswith(b"\n"):
+            return _Skipped(start[:_HEAD], size, bool(block))
 
 
 @final

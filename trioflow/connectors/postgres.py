@@ -8,9 +8,13 @@ psycopg's ``AsyncConnection`` does not run under trio; its sync connection does,
   ``"upsert"``: ``INSERT ... ON CONFLICT (key) DO UPDATE`` (redelivery is harmless);
   ``"ignore"``: ``ON CONFLICT DO NOTHING``; ``"insert"``: plain ``executemany``.
   One transaction per batch.
-* Transient errors (connection lost, serialization failure, deadlock) are retried with backoff
-  on a fresh connection (``retry``); permanent ones (constraint, type, missing column) fail only
-  the batch's messages, with the database's message as the reason (:class:`DatabaseError`).
+* Transient errors (connection lost, server restarting, serialization failure, deadlock) are
+  retried with backoff on a fresh connection for up to ``retry_deadline`` seconds (30 by
+  default: a server restart or a quick failover passes unnoticed, nothing is dead-lettered);
+  permanent ones (constraint, type, missing column) fail only the batch's messages, with the
+  database's message as the reason (:class:`DatabaseError`). Each retry is counted in the run's
+  ``report.retried`` (Prometheus ``trioflow_retried``) and reaches instruments as a ``retry``
+  event of the sink's stage.
 * Cancelling a call (a hard stop) cancels the running query on the server, and the connection
   is discarded rather than reused.
 
@@ -31,12 +35,20 @@ import attrs
 import trio
 
 from .._exceptions import TrioflowError
+from .._operators._context import note_retry
 from .._retry import Backoff, Retry
 from ._lazy import require
 
 __all__ = ["DatabaseError", "PostgresSink", "TransientDatabaseError"]
 
 Mode = Literal["copy", "insert", "ignore", "upsert"]
+
+#: The default retry: waits of 0.1, 0.2, 0.4 ... capped at 2 s, jittered (many sinks coming back
+#: at once do not all knock at the same instant); ``retry_deadline`` is what bounds it.
+DEFAULT_RETRY = Retry(attempts=1000, backoff=Backoff.exponential(0.1, max=2.0, jitter=True))
+#: Seconds a batch keeps being retried: a restart takes seconds (3 s measured here), a failover
+#: of a managed or Patroni cluster tens of seconds; longer outages are a circuit breaker's job.
+DEFAULT_RETRY_DEADLINE = 30.0
 
 
 class DatabaseError(TrioflowError):
@@ -64,7 +76,19 @@ def _ident(name: str) -> str:
 
 @final
 class PostgresSink:
-    """Write batches of rows (dicts or attrs objects) to ``table`` (see the module docs)."""
+    """Write batches of rows (dicts or attrs objects) to ``table`` (see the module docs).
+
+    ``retry`` sets the attempts and the backoff between them for transient errors (default:
+    exponential from 0.1 s, capped at 2 s, jittered); ``retry_deadline`` bounds the seconds one
+    batch spends in them, counted from its first attempt (default 30 s; ``None``: only
+    ``retry.attempts`` bounds them). The last wait is cut short to end at the deadline, where one
+    more attempt is made; then the batch fails with :class:`TransientDatabaseError`. While a
+    batch waits, its worker slot is held, so back-pressure reaches the sources (a broker keeps
+    the messages; nothing is pulled meanwhile).
+
+    Examples:
+        >>> PostgresSink(dsn, "invoices", key="id", retry_deadline=120.0)  # ride out a failover
+    """
 
     def __init__(
         self,
@@ -76,6 +100,7 @@ class PostgresSink:
         mode: Mode = "upsert",
         pool_size: int = 2,
         retry: Retry | None = None,
+        retry_deadline: float | None = DEFAULT_RETRY_DEADLINE,
         connect: Callable[[], Any] | None = None,
     ) -> None:
         if mode not in ("copy", "insert", "ignore", "upsert"):
@@ -84,12 +109,21 @@ class PostgresSink:
             raise ValueError("mode='upsert' needs key= (the column(s) that identify a row)")
         if pool_size < 1:
             raise ValueError(f"pool_size={pool_size!r} must be a positive integer")
+        if retry_deadline is not None and (
+            not isinstance(retry_deadline, (int, float))
+            or isinstance(retry_deadline, bool)
+            or not retry_deadline >= 0
+        ):
+            raise ValueError(
+                f"retry_deadline={retry_deadline!r} must be a non-negative number or None"
+            )
         self.dsn = dsn
         self.table = table
         self.key = (key,) if isinstance(key, str) else tuple(key or ())
         self.columns = tuple(columns) if columns is not None else None
         self.mode = mode
-        self.retry = retry or Retry(attempts=5, backoff=Backoff.exponential(0.05, max=2.0))
+        self.retry = retry or DEFAULT_RETRY
+        self.retry_deadline = retry_deadline
         self._connect = connect
         self._idle: list[Any] = []
         self._limit = trio.Semaphore(pool_size)
@@ -105,17 +139,26 @@ class PostgresSink:
         errors = psycopg.errors
         transient = (psycopg.OperationalError, errors.SerializationFailure, errors.DeadlockDetected)
         attempt = 1
+        started = trio.current_time()
+        deadline = started + self.retry_deadline if self.retry_deadline is not None else None
         while True:
             try:
                 await self._write(rows)
                 return
             except transient as exc:
-                if attempt >= self.retry.attempts:
+                now = trio.current_time()
+                if attempt >= self.retry.attempts or (deadline is not None and now >= deadline):
                     raise TransientDatabaseError(
-                        f"{self.table}: {_message(exc)} (after {attempt} attempts)"
+                        f"{self.table}: {_message(exc)} "
+                        f"(after {attempt} attempts in {now - started:.1f} s)"
                     ) from exc
+                # the last wait ends at the deadline itself, where one more attempt is made
+                until = now + self.retry.backoff.delay(attempt)
+                if deadline is not None:
+                    until = min(until, deadline)
                 self.retried += 1
-                await trio.sleep(self.retry.backoff.delay(attempt))
+                note_retry(item, attempt + 1, exc, until - now)
+                await trio.sleep_until(until)
                 attempt += 1
             except psycopg.Error as exc:
                 raise DatabaseError(f"{self.table}: {_message(exc)}") from exc
