@@ -16,6 +16,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,12 @@ class RabbitServer:
             timeout=60,
         )
 
+    def restart(self) -> None:
+        """Stop the broker (a clean shutdown: it closes every connection first) and start it
+        again on the same ports, node and data: durable queues and persistent messages stay."""
+        self.stop()
+        self.start()
+
     def stop(self) -> None:
         for proc in (self.proc, self.epmd):
             if proc is None:
@@ -139,6 +147,19 @@ class RabbitServer:
                 proc.kill()
                 proc.wait()
         self.proc = self.epmd = None
+
+
+@contextmanager
+def own_broker() -> Iterator[RabbitServer]:
+    """A broker of one's own, for tests that stop or restart it (5-10 s to start)."""
+    directory = Path(tempfile.mkdtemp(prefix="trioflow-rabbit-own-"))
+    server = RabbitServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 _shared: RabbitServer | None = None

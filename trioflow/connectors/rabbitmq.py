@@ -37,7 +37,15 @@ Semantics of :class:`RabbitQueueSource` (at-least-once, as the broker's acknowle
 * a drain stops consuming (``Basic.Cancel``) once the hand-over in progress is done; messages
   the broker had sent but the pipeline never took are returned to the queue when the channel
   closes, after the last ack. A consumer that dies (a killed process, a dropped connection)
-  returns every un-acked message to the queue, flagged redelivered, for another consumer.
+  returns every un-acked message to the queue, flagged redelivered, for another consumer;
+* **a lost connection** (a broker restart, a connection closed by the broker, a network cut) is
+  reconnected under ``reconnect`` (a :class:`~trioflow.connectors.Reconnect`: backoff, and
+  ``give_up_after`` seconds after which the run fails with ``PipelineError``). Delivery tags
+  belong to a channel, so each delivery carries its channel's generation (its id is
+  ``(generation, tag)``, ``metadata["channel_generation"]``); settlements of a channel that is
+  gone are dropped, never sent on the new one (the broker has requeued those messages and
+  delivers them again: at-least-once), and counted in the source's figures
+  (``redelivered_after_reconnect``).
 
 Message data is the body (``bytes``); ``tf.decode`` turns JSON bodies into typed values. Metadata:
 ``delivery_tag``, ``redelivered``, ``delivery_count``, ``deliveries``, ``exchange``,
@@ -52,17 +60,27 @@ Examples:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any, ClassVar, Literal, cast, final
 
 import trio
 
+from .._groups import leaves
 from .._message import ACTIONS, FailureAction, Message
 from .._sources import Outlet, Source
 from ._lazy import require
+from ._reconnect import CONNECTION_ERRORS, Reconnect, keep_connected
 
-__all__ = ["FailureMode", "RabbitQueueSource", "connect", "open_channel", "publish"]
+__all__ = [
+    "ConnectionLost",
+    "FailureMode",
+    "RabbitQueueSource",
+    "connect",
+    "open_channel",
+    "publish",
+]
 
 logger = logging.getLogger("trioflow")
 
@@ -79,6 +97,50 @@ _MODES = (*ACTIONS, *_ALIASES)
 MAX_PREFETCH = 4096
 #: frames a message takes in serena's channel buffer (method, header, body up to frame_max)
 _FRAMES = 3
+#: the reconnect policy of a source that is given none
+DEFAULT_RECONNECT = Reconnect()
+#: seconds a (re)connection may take: TCP connect, AMQP handshake, channel, declarations
+CONNECT_TIMEOUT = 10.0
+#: seconds a consumer whose channel ended waits for serena to say why the connection closed
+_LOST_WAIT = 2.0
+#: AMQP reply code of a connection the broker closed on purpose (shutdown, close_connection)
+_CONNECTION_FORCED = 320
+
+
+class ConnectionLost(ConnectionError):
+    """The source's connection to the broker is gone (or could not be made again): transient,
+    so the source reconnects under its ``reconnect`` policy."""
+
+
+def _is_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (every leaf of a group) says the connection is gone, not a bug: a socket
+    error, an ended stream, or the broker closing the connection (a shutdown, an operator's
+    ``close_connection``: CONNECTION_FORCED)."""
+    import anyio
+    from serena.exc import UnexpectedCloseError
+
+    kinds = (
+        *CONNECTION_ERRORS,
+        anyio.EndOfStream,
+        anyio.BrokenResourceError,
+        anyio.ClosedResourceError,
+    )
+    found = [leaf for leaf in leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    return bool(found) and all(
+        isinstance(leaf, kinds)
+        or (isinstance(leaf, UnexpectedCloseError) and int(leaf.reply_code) == _CONNECTION_FORCED)
+        for leaf in found
+    )
+
+
+def _describe(exc: BaseException | None) -> str:
+    """One line for the log: the first real error in ``exc``."""
+    if exc is None:
+        return "the connection closed"
+    found = [leaf for leaf in leaves(exc) if not isinstance(leaf, trio.Cancelled)] or [exc]
+    first = found[0]
+    return f"{type(first).__name__}: {first}" if str(first) else type(first).__name__
+
 
 _PROPERTIES = (
     "content_type",
@@ -155,6 +217,43 @@ async def open_channel(conn: Any) -> AsyncIterator[Any]:
         yield channel
 
 
+@asynccontextmanager
+async def _connection(spec: RabbitQueueSource, **options: Any) -> AsyncIterator[Any]:
+    """A serena connection for a source: serena's ``open_connection``, except that the
+    connect and handshake time out after ``CONNECT_TIMEOUT`` (a broker that accepts but never
+    answers is an outage too), and the socket is closed whatever fails (serena leaves it open
+    when a handshake fails, or when the broker closed the connection before its Close-Ok)."""
+    import anyio
+    from serena.connection import AMQPConnection
+
+    _serena()
+    with trio.fail_after(CONNECT_TIMEOUT):
+        if spec.host.startswith("/"):  # a Unix socket, as serena takes it
+            sock: Any = await anyio.connect_unix(spec.host)
+        else:
+            sock = await anyio.connect_tcp(spec.host, spec.port)
+        try:
+            conn = AMQPConnection(sock, **options)
+            await conn._do_startup_handshake(spec.username, spec.password, spec.virtual_host)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await sock.aclose()
+            raise
+    try:
+        async with anyio.create_task_group() as tasks:
+            conn._start_tasks(tasks)
+            try:
+                yield conn
+            finally:
+                tasks.cancel_scope.cancel()
+    finally:
+        try:
+            await conn.close()
+        finally:
+            with trio.CancelScope(shield=True):
+                await conn._close_ungracefully()
+
+
 def _close_streams(channel: Any) -> None:
     for name in ("_send", "_receive", "_delivery_send", "_delivery_receive"):
         stream = getattr(channel, name, None)
@@ -179,21 +278,58 @@ async def publish(channel: Any, routing_key: str, bodies: list[bytes], exchange:
 
 
 @final
+class _Link:
+    """One connection and its channel. Delivery tags belong to a channel: once it is gone, the
+    broker has requeued what it had not acked, and its tags mean nothing on the next one."""
+
+    def __init__(self, generation: int) -> None:
+        #: 1 for the run's first channel, one more after each reconnect
+        self.generation = generation
+        self.conn: Any = None
+        self.channel: Any = None
+        #: delivery tags handed to the pipeline and not yet settled with the broker
+        self.outstanding: set[int] = set()
+        #: set when the connection is gone (or closed at the end of the run)
+        self.lost = trio.Event()
+        #: what closed it, if the broker or the network did
+        self.error: BaseException | None = None
+
+    @property
+    def alive(self) -> bool:
+        """Whether acks sent on this channel still mean something to the broker."""
+        return bool(
+            not self.lost.is_set()
+            and self.conn is not None
+            and self.conn.open
+            and self.channel.open
+        )
+
+
+@final
 class _QueueAcker:
-    """Acknowledger of one run: acks in groups, rejects or (later) requeues failed messages."""
+    """Acknowledger of one run: acks in groups, rejects or (later) requeues failed messages.
+
+    Each delivery is known by its channel's generation and its tag; what belongs to a channel
+    that is gone is dropped, not sent (the broker delivers those messages again).
+    """
 
     def __init__(self, run: _RabbitRun) -> None:
         self.run = run
-        #: delivery tags handed to the pipeline and not yet settled with the broker
-        self.outstanding: set[int] = set()
         self.acked = 0
         self.rejected = 0
         self.requeued = 0
         self.discarded = 0
+        #: settlements dropped because their channel was gone: delivered again
+        self.stale = 0
         self._warned = False
 
     def __repr__(self) -> str:
         return f"<rabbitmq acker {self.run.spec.queue!r}>"
+
+    @property
+    def outstanding(self) -> set[int]:
+        """Tags of the current channel handed over and not yet settled."""
+        return self.run.link.outstanding
 
     def action_of(self, m: Message[Any]) -> FailureAction:
         """What to do with failed message ``m``: its own action if this queue can take it, else
@@ -217,15 +353,57 @@ class _QueueAcker:
             return "dead_letter"
         return spec.on_failure
 
-    async def ack_ids(self, ids: list[int]) -> None:
-        """Ack successful deliveries handed over in bulk, by delivery tag."""
-        await self._ack_tags(list(ids))
+    def _live(self, generation: int, count: int) -> _Link | None:
+        """The channel of ``generation`` if acks can still go to it; else count ``count``
+        settlements as dropped (their messages come again) and give None."""
+        link = self.run.link
+        if link.generation == generation and link.alive:
+            return link
+        self.stale += count
+        return None
+
+    async def ack_ids(self, ids: list[tuple[int, int]]) -> None:
+        """Ack successful deliveries handed over in bulk, by (channel generation, tag)."""
+        by_generation: dict[int, list[int]] = {}
+        for generation, tag in ids:
+            by_generation.setdefault(generation, []).append(tag)
+        for generation, tags in by_generation.items():
+            link = self._live(generation, len(tags))
+            if link is not None:
+                await self._settle(link, self._ack_tags(link, tags), len(tags))
 
     async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
-        run = self.run
-        channel = run.channel
+        groups: dict[int, tuple[list[int], list[Message[Any]]]] = {}
+        for m in successful:
+            groups.setdefault(_generation(m), ([], []))[0].append(m.metadata["delivery_tag"])
+        for m in failed:
+            groups.setdefault(_generation(m), ([], []))[1].append(m)
+        for generation, (tags, fails) in groups.items():
+            link = self._live(generation, len(tags) + len(fails))
+            if link is not None:
+                await self._settle(link, self._ack_group(link, tags, fails), len(tags) + len(fails))
+
+    async def _settle(self, link: _Link, sending: Any, count: int) -> None:
+        """Await ``sending`` (frames to ``link``'s channel); if the connection breaks meanwhile,
+        those messages are the broker's again: count them, never fail the run for it."""
+        try:
+            await sending
+        except Exception as exc:
+            if link.alive and not _is_lost(exc):
+                raise
+            self.stale += count
+            logger.info(
+                "trioflow: %r: %d settlement(s) not sent, channel %d is gone (%s); the broker "
+                "delivers those messages again",
+                self.run.spec,
+                count,
+                link.generation,
+                _describe(exc),
+            )
+
+    async def _ack_group(self, link: _Link, tags: list[int], failed: list[Message[Any]]) -> None:
+        channel = link.channel
         later: list[int] = []
-        tags = [m.metadata["delivery_tag"] for m in successful]
         for m in failed:
             tag = m.metadata["delivery_tag"]
             action = self.action_of(m)
@@ -235,18 +413,18 @@ class _QueueAcker:
                 tags.append(tag)
                 self.discarded += 1
             else:
-                self.outstanding.discard(tag)
+                link.outstanding.discard(tag)
                 await channel.basic_reject(tag, requeue=False)
                 self.rejected += 1
         if later:
-            run.requeue_later(later)
-        await self._ack_tags(tags)
+            self.run.requeue_later(link, later)
+        await self._ack_tags(link, tags)
 
-    async def _ack_tags(self, tags: list[int]) -> None:
-        channel = self.run.channel
+    async def _ack_tags(self, link: _Link, tags: list[int]) -> None:
+        channel = link.channel
         if tags:
             tags.sort()
-            outstanding = self.outstanding
+            outstanding = link.outstanding
             outstanding.difference_update(tags)
             oldest = min(outstanding) if outstanding else None
             if oldest is None or tags[-1] < oldest:
@@ -260,12 +438,22 @@ class _QueueAcker:
                     await channel.basic_ack(t)
             self.acked += len(tags)
 
-    async def requeue(self, tags: list[int]) -> None:
+    async def requeue(self, link: _Link, tags: list[int]) -> None:
+        tags = [tag for tag in tags if tag in link.outstanding]
+        if not tags or self._live(link.generation, len(tags)) is None:
+            return
+        await self._settle(link, self._requeue(link, tags), len(tags))
+
+    async def _requeue(self, link: _Link, tags: list[int]) -> None:
         for tag in tags:
-            if tag in self.outstanding:
-                self.outstanding.discard(tag)
-                await self.run.channel.basic_reject(tag, requeue=True)
-                self.requeued += 1
+            link.outstanding.discard(tag)
+            await link.channel.basic_reject(tag, requeue=True)
+            self.requeued += 1
+
+
+def _generation(m: Message[Any]) -> int:
+    generation: int = m.metadata.get("channel_generation", 1)
+    return generation
 
 
 @final
@@ -295,6 +483,10 @@ class RabbitQueueSource(Source[bytes]):
             reaching the stages (``None``: no limit). Above 1 it needs a quorum queue.
         arguments: more ``x-`` arguments for the queue declaration (e.g. ``x-queue-type``).
         heartbeat: AMQP heartbeat interval asked for, in seconds.
+        reconnect: how to reconnect after the connection is lost (a broker restart, a closed
+            connection, a network cut): backoff, and ``give_up_after`` seconds of outage after
+            which the run fails with ``PipelineError`` (default ``Reconnect()``: 0.1 s doubling
+            up to 5 s, jittered, for 60 s). ``None``: the first lost connection fails the run.
         name: the stage label.
 
     Examples:
@@ -326,6 +518,7 @@ class RabbitQueueSource(Source[bytes]):
         max_deliveries: int | None = None,
         arguments: dict[str, Any] | None = None,
         heartbeat: int = 60,
+        reconnect: Reconnect | None = DEFAULT_RECONNECT,
         name: str | None = None,
     ) -> None:
         if not isinstance(queue, str) or not queue:
@@ -346,6 +539,10 @@ class RabbitQueueSource(Source[bytes]):
         ):
             raise ValueError(
                 f"max_deliveries={max_deliveries!r} must be a positive integer or None"
+            )
+        if reconnect is not None and not isinstance(reconnect, Reconnect):
+            raise TypeError(
+                f"reconnect={reconnect!r} must be a trioflow.connectors.Reconnect or None"
             )
         if not (dead_letter is None or dead_letter is False or isinstance(dead_letter, str)):
             raise ValueError(f"dead_letter={dead_letter!r} must be a name, None or False")
@@ -391,6 +588,7 @@ class RabbitQueueSource(Source[bytes]):
         self.max_deliveries = max_deliveries
         self.arguments = args
         self.heartbeat = heartbeat
+        self.reconnect = reconnect
         self.name = name
 
     def open(self) -> AbstractAsyncContextManager[Source[bytes]]:
@@ -399,29 +597,13 @@ class RabbitQueueSource(Source[bytes]):
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[Source[bytes]]:
-        # serena parks its reader when a channel's frame buffer is full, and then no reply (a
-        # Basic.Cancel-Ok at drain, say) gets through: the buffer must hold a full prefetch
-        cap = self.prefetch or MAX_PREFETCH
-        async with AsyncExitStack() as stack:
-            conn = await stack.enter_async_context(
-                connect(
-                    self.host,
-                    self.port,
-                    username=self.username,
-                    password=self.password,
-                    virtual_host=self.virtual_host,
-                    heartbeat_interval=self.heartbeat,
-                    channel_buffer_size=_FRAMES * cap + 64,
-                )
-            )
-            channel = await stack.enter_async_context(open_channel(conn))
-            if self.declare:
-                await self._declare(channel)
-            async with trio.open_nursery() as nursery:
-                run = _RabbitRun(self, conn, channel, nursery)
-                yield run
-                # un-acked messages (a requeue still waiting) go back when the channel closes
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            run = _RabbitRun(self, nursery)
+            # the first connection is not retried: a wrong address or password fails at once
+            await run.connect()
+            yield run
+            # un-acked messages (a requeue still waiting) go back when the channel closes
+            nursery.cancel_scope.cancel()
 
     async def _declare(self, channel: Any) -> None:
         serena = require("serena", "rabbitmq")
@@ -447,68 +629,172 @@ class RabbitQueueSource(Source[bytes]):
 
 @final
 class _RabbitRun(Source[bytes]):
-    """One run of a :class:`RabbitQueueSource`: its connection, channel and acknowledger."""
+    """One run of a :class:`RabbitQueueSource`: its connection (one after another, when the
+    broker goes away and comes back), channel and acknowledger."""
 
-    def __init__(
-        self, spec: RabbitQueueSource, conn: Any, channel: Any, nursery: trio.Nursery
-    ) -> None:
+    def __init__(self, spec: RabbitQueueSource, nursery: trio.Nursery) -> None:
         self.spec = spec
-        self.conn = conn
-        self.channel = channel
         self.nursery = nursery
         self.acker = _QueueAcker(self)
         self.prefetch = 0
+        self.link = _Link(0)  # none yet: connect() makes generation 1
+        self.link.lost.set()
+        self.reconnects = 0
 
     @property
     def label(self) -> str:
         return self.spec.label
 
     @property
+    def conn(self) -> Any:
+        """The current serena connection."""
+        return self.link.conn
+
+    @property
+    def channel(self) -> Any:
+        """The current channel."""
+        return self.link.channel
+
+    @property
     def connected(self) -> bool:
         """Whether the connection and the channel are open."""
-        return bool(self.conn.open and self.channel.open)
+        return self.link.alive
 
-    def requeue_later(self, tags: list[int]) -> None:
+    def source_metrics(self) -> dict[str, float]:
+        """The source's own figures (in ``report.sources`` and the metrics endpoints)."""
+        acker = self.acker
+        return {
+            "acked": acker.acked,
+            "dead_lettered": acker.rejected,
+            "requeued": acker.requeued,
+            "discarded": acker.discarded,
+            "reconnects": self.reconnects,
+            "channel_generation": self.link.generation,
+            "redelivered_after_reconnect": acker.stale,
+        }
+
+    async def connect(self) -> _Link:
+        """Open a connection and a channel (the next generation), declaring the queues."""
+        try:
+            link: _Link = await self.nursery.start(self._hold, self.link.generation + 1)
+        except Exception as exc:
+            if _is_lost(exc):
+                raise ConnectionLost(f"cannot connect: {_describe(exc)}") from exc
+            raise
+        self.link = link
+        return link
+
+    async def _hold(self, generation: int, task_status: trio.TaskStatus[_Link]) -> None:
+        """Keep one connection open until the run ends or the connection is lost.
+
+        serena runs a connection in a task group whose body it cancels when the broker closes
+        the connection: that body is this task, not the pipeline, so a lost connection ends
+        here, with the error kept for the source to report.
+        """
+        spec = self.spec
+        # serena parks its reader when a channel's frame buffer is full, and then no reply (a
+        # Basic.Cancel-Ok at drain, say) gets through: the buffer must hold a full prefetch
+        cap = spec.prefetch or MAX_PREFETCH
+        link = _Link(generation)
+        started = False
+        try:
+            async with AsyncExitStack() as stack:
+                link.conn = await stack.enter_async_context(
+                    _connection(
+                        spec,
+                        heartbeat_interval=spec.heartbeat,
+                        channel_buffer_size=_FRAMES * cap + 64,
+                    )
+                )
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    link.channel = await stack.enter_async_context(open_channel(link.conn))
+                    if spec.declare:
+                        await spec._declare(link.channel)
+                started = True
+                task_status.started(link)
+                await trio.sleep_forever()
+        except Exception as exc:
+            if not started:
+                raise
+            link.error = exc
+        finally:
+            link.lost.set()
+
+    def requeue_later(self, link: _Link, tags: list[int]) -> None:
         """Requeue ``tags`` after ``requeue_delay`` (they hold their prefetch slots meanwhile)."""
 
         async def later() -> None:
             await trio.sleep(self.spec.requeue_delay)
-            await self.acker.requeue(tags)
+            await self.acker.requeue(link, tags)
 
         self.nursery.start_soon(later)
 
     async def produce(self, out: Outlet) -> None:
+        room = await out.demand()
+        self.prefetch = self.spec.prefetch or min(room, MAX_PREFETCH)
+        session = partial(self._session, out)
+        await keep_connected(out, self.spec.reconnect, session, what=repr(self.spec))
+
+    async def _session(self, out: Outlet, connected: Callable[[], None]) -> None:
+        """Consume on the current channel (a new one if it is gone) until it is lost."""
         require("serena", "rabbitmq")
         from serena.payloads.method import BasicQOSOkPayload, BasicQOSPayload
 
-        spec, channel = self.spec, self.channel
-        room = await out.demand()
-        self.prefetch = spec.prefetch or min(room, MAX_PREFETCH)
-        # per consumer (global_=False): quorum queues refuse a channel-wide limit, and this
-        # channel has only this one consumer, so the two are the same here
-        qos = BasicQOSPayload(prefetch_size=0, prefetch_count=self.prefetch, global_=False)
-        await channel._send_and_receive_frame(qos, BasicQOSOkPayload)
-        outstanding = self.acker.outstanding
-        async with channel.basic_consume(spec.queue, auto_ack=False) as deliveries:
-            it = aiter(deliveries)
-            while True:
-                room = await out.demand()
-                first: Any = await anext(it)
-                deliveries = [first]
-                # take what has already arrived, without waiting for more
-                while len(deliveries) < room and channel.current_buffer_size > 0:
-                    deliveries.append(await anext(it))
-                await self._hand_over(out, deliveries, outstanding)
+        link = self.link
+        if not link.alive:
+            old = link
+            link = await self.connect()
+            self.reconnects += 1
+            if old.outstanding:
+                logger.warning(
+                    "trioflow: %r: %d message(s) were in flight when channel %d was lost; the "
+                    "broker requeued them and delivers them again (their acks are dropped)",
+                    self.spec,
+                    len(old.outstanding),
+                    old.generation,
+                )
+        channel = link.channel
+        try:
+            # per consumer (global_=False): quorum queues refuse a channel-wide limit, and this
+            # channel has only this one consumer, so the two are the same here
+            qos = BasicQOSPayload(prefetch_size=0, prefetch_count=self.prefetch, global_=False)
+            await channel._send_and_receive_frame(qos, BasicQOSOkPayload)
+            async with channel.basic_consume(self.spec.queue, auto_ack=False) as deliveries:
+                connected()
+                it = aiter(deliveries)
+                while True:
+                    room = await out.demand()
+                    first: Any = await anext(it)
+                    batch = [first]
+                    # take what has already arrived, without waiting for more
+                    while len(batch) < room and channel.current_buffer_size > 0:
+                        batch.append(await anext(it))
+                    if not link.alive:
+                        break  # the broker has taken them back: they come again
+                    await self._hand_over(out, link, batch)
+        except Exception as exc:
+            # the channel's stream ends a moment before serena reports why the connection closed
+            with trio.move_on_after(_LOST_WAIT):
+                await link.lost.wait()
+            if link.alive:
+                raise
+            raise ConnectionLost(_describe(link.error or exc)) from exc
+        await link.lost.wait()
+        raise ConnectionLost(_describe(link.error))
 
-    async def _hand_over(self, out: Outlet, deliveries: list[Any], outstanding: set[int]) -> None:
-        """Hand deliveries over in bulk (tags as ids); a poison one goes alone, already failed."""
+    async def _hand_over(self, out: Outlet, link: _Link, deliveries: list[Any]) -> None:
+        """Hand deliveries over in bulk ((generation, tag) as ids); a poison one goes alone,
+        already failed."""
+        outstanding = link.outstanding
+        generation = link.generation
         data: list[bytes] = []
-        tags: list[int] = []
+        ids: list[tuple[int, int]] = []
         metas: list[dict[str, Any]] = []
         poison: list[Message[Any]] = []
         limit = self.spec.max_deliveries
         for delivery in deliveries:
             meta = self._metadata(delivery)
+            meta["channel_generation"] = generation
             tag = meta["delivery_tag"]
             outstanding.add(tag)
             count = meta["delivery_count"]
@@ -522,11 +808,10 @@ class _RabbitRun(Source[bytes]):
                 )
                 continue
             data.append(delivery.body)
-            tags.append(tag)
+            ids.append((generation, tag))
             metas.append(meta)
-        if poison:
-            await out.send_many(poison)
-        await out.send_bulk(data, acknowledger=self.acker, ids=tags, metadata=metas)
+        # one hand-over: a drain cannot separate the poison messages from the rest of the pull
+        await out.send_bulk(data, acknowledger=self.acker, ids=ids, metadata=metas, failed=poison)
 
     def _metadata(self, delivery: Any) -> dict[str, Any]:
         envelope, header = delivery.envelope, delivery.header
