@@ -8,12 +8,20 @@ Semantics of :class:`RedisStreamSource` (at-least-once):
 
 * it joins consumer group ``group`` as ``consumer`` (``XGROUP CREATE ... MKSTREAM``, created at
   ``start``, ``"0"`` by default: the whole stream);
-* it first re-reads its own pending entries (a restarted consumer of the same name gets back what
-  it had in flight), then reads new ones with ``XREADGROUP ... >``, asking for as many as the
-  pipeline can take (``COUNT`` = demand): nothing is read ahead of what the pipeline can hold;
-* every ``claim_every`` seconds it takes over entries idle for more than ``claim_idle`` seconds in
-  other consumers' pending lists (``XAUTOCLAIM``): a consumer that died does not strand its entries.
-  ``claim_idle`` must exceed the longest time an entry may spend in the pipeline;
+* it reads new entries with ``XREADGROUP ... >``, asking for as many as the pipeline can take
+  (``COUNT`` = demand): nothing is read ahead of what the pipeline can hold;
+* it retries its own pending entries (a restarted consumer of the same name gets back what it had
+  in flight) and, every ``claim_every`` seconds, takes over entries idle for more than
+  ``claim_idle`` seconds in any consumer's pending list (``XAUTOCLAIM ... JUSTID``): a consumer
+  that died does not strand its entries. ``claim_idle`` must exceed the longest time an entry may
+  spend in the pipeline;
+* retries are isolated (poison isolation): an entry delivered once before goes in a group whose
+  size doubles as groups settle, one delivered more often goes alone, each group once the
+  previous one is settled, while new entries flow; so an entry that crashes the process is the
+  only one whose count keeps rising;
+* when Redis goes away it reconnects with the ``reconnect`` policy (``source_disconnected`` /
+  ``source_reconnected``); acks wait for the new connection (at most ``give_up_after``), entries
+  in flight stay pending;
 * an entry delivered more than ``max_deliveries`` times is a poison entry: it is handed over
   already failed with ``action="dead_letter"``, so it goes to the dead letter stream with its
   reason and is acked without reaching the stages, instead of being redelivered forever;
@@ -37,9 +45,12 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, ClassVar, final
 
@@ -48,8 +59,19 @@ import trio
 from .._message import ACTIONS, FailureAction, Message
 from .._sources import Outlet, Source
 from ._lazy import require
+from ._reconnect import (
+    CONNECTION_ERRORS,
+    Reconnect,
+    SourceUnavailable,
+    is_transient,
+    keep_connected,
+)
 
 __all__ = ["RedisStreamSink", "RedisStreamSource", "connect"]
+
+logger = logging.getLogger("trioflow")
+
+_DEFAULT_RECONNECT = Reconnect()
 
 
 def connect(host: str = "127.0.0.1", port: int = 6379, **options: Any) -> Any:
@@ -68,16 +90,20 @@ def _reason_text(reason: BaseException | str | None) -> str:
 @final
 class _StreamAcker:
     """Acknowledger: dead-letter the failed entries that are to be, then XACK everything but the
-    entries to redeliver (they stay pending), in one round trip."""
+    entries to redeliver (they stay pending), in one round trip.
 
-    def __init__(
-        self, client: Any, stream: str, group: str, dead_letter: str, on_failure: FailureAction
-    ) -> None:
-        self.client = client
-        self.stream = stream
-        self.group = group
-        self.dead_letter = dead_letter
-        self.on_failure = on_failure
+    During an outage an ack waits for the connection (retried on the client's new connection
+    with the source's reconnect backoff, for at most ``give_up_after``): XACK by id works on any
+    connection. Given up, it raises, and its entries stay pending (delivered again later).
+    """
+
+    def __init__(self, run: _RedisRun) -> None:
+        spec = run.spec
+        self.run = run
+        self.stream = spec.stream
+        self.group = spec.group
+        self.dead_letter = spec.dead_letter
+        self.on_failure = spec.on_failure
         self.acked = 0
         self.dead_lettered = 0
         self.discarded = 0
@@ -88,32 +114,44 @@ class _StreamAcker:
 
     async def ack_ids(self, ids: list[Any]) -> None:
         """XACK successful entries handed over in bulk, by id."""
-        await self._settle(ids, [])
+        try:
+            await self._settle(ids, [])
+        finally:
+            self.run.settled(ids)
 
     async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
         ids = [m.metadata["id"] for m in successful]
         dead: list[Message[Any]] = []
         default = self.on_failure
+        kept: list[Any] = []
         for m in failed:
             action = m.action or default
             if action == "redeliver":
-                self.redelivered += 1  # left pending: claimed again after claim_idle
+                kept.append(m.metadata["id"])  # left pending: claimed again after claim_idle
                 continue
             if action == "dead_letter":
                 dead.append(m)
             else:
                 self.discarded += 1
             ids.append(m.metadata["id"])
-        await self._settle(ids, dead)
+        try:
+            await self._settle(ids, dead)
+            self.redelivered += len(kept)
+        finally:
+            self.run.settled(ids + kept)
 
     async def _settle(self, ids: list[Any], dead: list[Message[Any]]) -> None:
         if not ids:
             return
-        pipe = self.client.pipeline(transaction=False)
-        async with pipe:
-            for m in dead:
-                pipe.xadd(self.dead_letter, self.dead_fields(m))
-            pipe.xack(self.stream, self.group, ids)
+
+        async def send() -> None:
+            pipe = self.run.client.pipeline(transaction=False)
+            async with pipe:
+                for m in dead:
+                    pipe.xadd(self.dead_letter, self.dead_fields(m))
+                pipe.xack(self.stream, self.group, ids)
+
+        await self.run.retrying(send, f"ack of {len(ids)} entries")
         self.acked += len(ids)
         self.dead_lettered += len(dead)
 
@@ -147,6 +185,9 @@ class RedisStreamSource(Source[dict[str, str]]):
         max_deliveries: an entry delivered more often than this is dead-lettered without
             reaching the stages; ``None``: no limit.
         dead_letter: the dead letter stream (default ``<stream>:dead``).
+        reconnect: how to reconnect when Redis goes away (default: backoff from 0.1 s to 5 s,
+            fail the run after 60 s without Redis); ``None``: the first lost connection fails
+            the run.
         name: the stage label.
 
     Examples:
@@ -172,6 +213,7 @@ class RedisStreamSource(Source[dict[str, str]]):
         on_failure: FailureAction = "dead_letter",
         max_deliveries: int | None = 5,
         dead_letter: str | None = None,
+        reconnect: Reconnect | None = _DEFAULT_RECONNECT,
         name: str | None = None,
     ) -> None:
         if on_failure not in ACTIONS:
@@ -186,6 +228,8 @@ class RedisStreamSource(Source[dict[str, str]]):
             )
         if not block > 0:
             raise ValueError(f"block={block!r} must be a positive number of seconds")
+        if reconnect is not None and not isinstance(reconnect, Reconnect):
+            raise TypeError(f"reconnect={reconnect!r} must be a Reconnect(...) or None")
         self.stream = stream
         self.group = group
         self.consumer = consumer or f"{os.uname().nodename}-{os.getpid()}"
@@ -200,6 +244,7 @@ class RedisStreamSource(Source[dict[str, str]]):
         self.on_failure: FailureAction = on_failure
         self.max_deliveries = max_deliveries
         self.dead_letter = dead_letter or f"{stream}:dead"
+        self.reconnect = reconnect
         self.name = name
 
     def open(self) -> AbstractAsyncContextManager[Source[dict[str, str]]]:
@@ -210,6 +255,8 @@ class RedisStreamSource(Source[dict[str, str]]):
         async with AsyncExitStack() as stack:
             client = self.client
             if client is None:
+                # no connection is made yet (the pool connects on the first command), so a
+                # Redis that is down at start is an outage like any other
                 client = await stack.enter_async_context(connect(self.host, self.port))
             yield _RedisRun(self, client)
 
@@ -224,21 +271,56 @@ class RedisStreamSource(Source[dict[str, str]]):
         return f"RedisStreamSource({self.stream!r}, {self.group!r}, {self.consumer!r})"
 
 
+class _GroupLost(ConnectionError):
+    """The consumer group is gone (a Redis that restarted without its data): recreate it."""
+
+
 @final
 class _RedisRun(Source[dict[str, str]]):
-    """One run of a :class:`RedisStreamSource`: its client and acknowledger."""
+    """One run of a :class:`RedisStreamSource`: its client, acknowledger, and what is in flight.
+
+    The client is one coredis client for the whole run, shared by the reading task and the
+    acknowledger: its pool drops a dead connection and opens a new one on the next command, so
+    after an outage both go on over the new connection (entry ids, not connections, are what
+    XACK and XCLAIM need).
+
+    Retries are isolated: an entry delivered before (this consumer's own pending list at start
+    or after a reconnect, and entries claimed from idle consumers) is handed over one at a time,
+    the next only once the previous one is settled, while new entries flow as usual. A poison
+    entry that crashes the process each time is then the only one whose count rises with each
+    crash, and the only one that reaches ``max_deliveries``.
+    """
 
     #: how often (seconds) the group's lag and pending count are read with XINFO GROUPS
     FIGURES_EVERY = 5.0
+    #: most entries taken over by one claim (they are then retried one at a time)
+    CLAIM_AT_ONCE = 100
+    #: pending entries listed per XPENDING while walking this consumer's own pending list
+    SCAN_PAGE = 100
+    #: while a retry is in flight, how often (seconds) to look for new entries
+    RETRY_POLL = 0.05
 
     def __init__(self, spec: RedisStreamSource, client: Any) -> None:
         self.spec = spec
         self.client = client
-        self.acker = _StreamAcker(
-            client, spec.stream, spec.group, spec.dead_letter, spec.on_failure
-        )
+        self.acker = _StreamAcker(self)
         self._figures: dict[str, float] = {}
         self._figures_at = -math.inf
+        self._transient = _transient_errors()
+        #: ids handed over and not settled yet
+        self.inflight: set[Any] = set()
+        #: ids in this consumer's pending list to retry, one at a time
+        self._retries: deque[Any] = deque()
+        self._queued: set[Any] = set()
+        #: where the walk of this consumer's own pending list goes on (None: not walking)
+        self._scan_from: str | None = None
+        #: the retried entries in flight (the next retries wait for them to be settled)
+        self._retrying: set[Any] = set()
+        #: how many entries delivered once before are retried together (doubles while it works)
+        self._window = 1
+        #: set when that entry is settled
+        self._retry_settled = trio.Event()
+        self._acks_waiting = False
 
     def source_metrics(self) -> dict[str, float]:
         """The consumer group's ``lag`` (entries not yet delivered to it; Redis >= 7.0) and
@@ -265,45 +347,120 @@ class _RedisRun(Source[dict[str, str]]):
     def label(self) -> str:
         return self.spec.label
 
-    async def produce(self, out: Outlet) -> None:
-        spec, client = self.spec, self.client
-        await self._ensure_group()
-        # 1. what this consumer had in flight before a restart
-        last = "0"
+    # -- settling (called by the acknowledger) -------------------------------------------------
+
+    def settled(self, ids: list[Any]) -> None:
+        """``ids`` are settled (acked, left pending to redeliver, or their ack gave up)."""
+        self.inflight.difference_update(ids)
+        if self._retrying:
+            self._retrying.difference_update(ids)
+            if not self._retrying:
+                self._retry_settled.set()  # the next retries may go, twice as many
+                self._window = min(self._window * 2, self.spec.count)
+
+    async def retrying(self, op: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``op``; through an outage, again with the reconnect backoff until it works or
+        ``give_up_after`` has passed (then raise: the entries stay pending)."""
+        policy = self.spec.reconnect
+        attempt = 0
+        since = trio.current_time()
         while True:
-            room = min(await out.demand(), spec.count)
             try:
-                got = await client.xreadgroup(
-                    spec.group, spec.consumer, streams={spec.stream: last}, count=room
-                )
-            except TypeError:
-                # an entry deleted or trimmed since it was read comes back without fields, which
-                # the client cannot parse: nothing can process it, so ack it off the pending list
-                if not await self._ack_deleted_pending():
+                await op()
+            except Exception as exc:
+                if policy is None or not is_transient(exc, self._transient):
                     raise
-                continue
-            entries = got.get(spec.stream, ()) if got else ()
-            if not entries:
-                break
-            last = entries[-1].identifier
-            gone = [e.identifier for e in entries if e.field_values is None]
-            if gone:  # the same, from a client that parses them as empty
-                await client.xack(spec.stream, spec.group, gone)
-            entries = [e for e in entries if e.field_values is not None]
-            if entries:
-                await self._hand_over(out, await self._with_deliveries(entries))
-        # 2. new entries, and now and then entries stranded by dead consumers
+                attempt += 1
+                elapsed = trio.current_time() - since
+                limit = policy.give_up_after
+                if limit is not None and elapsed >= limit:
+                    logger.error(
+                        "trioflow: source %r gave up the %s after %.1f s without Redis; "
+                        "they stay pending and are delivered again",
+                        self.label,
+                        what,
+                        elapsed,
+                    )
+                    raise SourceUnavailable(
+                        f"{self.label}: {what} not sent within give_up_after={limit} s "
+                        f"(last error: {type(exc).__name__}: {exc})"
+                    ) from exc
+                if not self._acks_waiting:
+                    self._acks_waiting = True
+                    logger.warning(
+                        "trioflow: source %r: the %s waits for Redis (%s: %s)",
+                        self.label,
+                        what,
+                        type(exc).__name__,
+                        exc,
+                    )
+                delay = policy.backoff.delay(attempt)
+                if limit is not None:
+                    delay = min(delay, limit - elapsed)
+                await trio.sleep(delay)
+            else:
+                if attempt:
+                    self._acks_waiting = False
+                    logger.warning(
+                        "trioflow: source %r: the %s was sent after %d tries",
+                        self.label,
+                        what,
+                        attempt + 1,
+                    )
+                return
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def produce(self, out: Outlet) -> None:
+        async def session(connected: Callable[[], None]) -> None:
+            await self._ensure_group()
+            connected()
+            try:
+                await self._read(out)
+            except _response_error() as exc:
+                if "NOGROUP" in str(exc):
+                    raise _GroupLost(f"the consumer group is gone ({exc})") from exc
+                raise
+
+        await keep_connected(
+            out, self.spec.reconnect, session, transient=self._transient, what=self.label
+        )
+
+    async def _read(self, out: Outlet) -> None:
+        spec, client = self.spec, self.client
+        # what this consumer has pending and not in flight: everything at start (it was in
+        # flight before a restart), the replies lost in an outage after a reconnect
+        self._scan_from = "-"
+        self._window = 1
         next_claim = trio.current_time()
         block_ms = max(1, int(spec.block * 1000))
         while True:
             room = min(await out.demand(), spec.count)
             await self._refresh_figures()
             if trio.current_time() >= next_claim:
-                claimed = await self._claim(room)
+                await self._claim()
                 next_claim = trio.current_time() + spec.claim_every
-                if claimed:
-                    await self._hand_over(out, await self._with_deliveries(claimed))
+            if not self._retrying:
+                retries = await self._next_retries()
+                if retries:
+                    self._retrying.update(e.identifier for e, _ in retries)
+                    self._retry_settled = trio.Event()
+                    await self._hand_over(out, retries)
                     continue
+            if self._retrying and self._has_retries():
+                # a retry is in flight and more wait for it: look for new entries without
+                # blocking (a blocking read cannot be cut short: a cancelled one leaves the
+                # client stuck), then wait for the retry to be settled, a little at a time
+                got = await client.xreadgroup(
+                    spec.group, spec.consumer, streams={spec.stream: ">"}, count=room
+                )
+                entries = got.get(spec.stream, ()) if got else ()
+                if entries:
+                    await self._hand_over(out, [(e, 1) for e in entries])
+                    continue
+                with trio.move_on_after(min(spec.block, self.RETRY_POLL)):
+                    await self._retry_settled.wait()
+                continue
             block = min(block_ms, max(1, int((next_claim - trio.current_time()) * 1000)))
             got = await client.xreadgroup(
                 spec.group, spec.consumer, streams={spec.stream: ">"}, count=room, block=block
@@ -312,19 +469,82 @@ class _RedisRun(Source[dict[str, str]]):
             if entries:
                 await self._hand_over(out, [(e, 1) for e in entries])
 
-    async def _ack_deleted_pending(self) -> int:
-        """Ack this consumer's pending entries that are gone from the stream; how many."""
+    def _has_retries(self) -> bool:
+        return bool(self._retries) or self._scan_from is not None
+
+    def _queue_retries(self, ids: Any) -> None:
+        for i in ids:
+            if i not in self.inflight and i not in self._queued:
+                self._queued.add(i)
+                self._retries.append(i)
+
+    def _alone(self, delivered: int) -> bool:
+        """Whether an entry delivered ``delivered`` times so far must be retried alone: it was
+        in flight at two failures already, or its next delivery is its last."""
+        limit = self.spec.max_deliveries
+        return delivered >= 2 or (limit is not None and delivered + 1 >= limit)
+
+    async def _next_retries(self) -> list[tuple[Any, int]]:
+        """The next group of this consumer's pending entries to retry, redelivered (XCLAIM),
+        with their delivery counts: ``self._window`` entries delivered once before, or one
+        entry delivered more often; ``[]`` when there is none."""
         spec, client = self.spec, self.client
-        pending = await client.xpending(
-            spec.stream, spec.group, start="-", end="+", count=10_000, consumer=spec.consumer
-        )
-        gone = []
-        for p in pending:
-            if not await client.xrange(spec.stream, start=p.identifier, end=p.identifier):
-                gone.append(p.identifier)
-        if gone:
-            await client.xack(spec.stream, spec.group, gone)
-        return len(gone)
+        while True:
+            if not self._retries:
+                if self._scan_from is None:
+                    return []
+                page = await client.xpending(
+                    spec.stream,
+                    spec.group,
+                    start=self._scan_from,
+                    end="+",
+                    count=self.SCAN_PAGE,
+                    consumer=spec.consumer,
+                )
+                ids = [p.identifier for p in page]
+                self._scan_from = f"({ids[-1]}" if len(ids) == self.SCAN_PAGE else None
+                self._queue_retries(ids)
+                continue
+            candidates = list(itertools.islice(self._retries, self._window))
+            # the lane is in id order: one XPENDING gives each one's current count and idle time
+            found = await client.xpending(
+                spec.stream,
+                spec.group,
+                start=candidates[0],
+                end=candidates[-1],
+                count=len(candidates) + len(self.inflight) + 10,
+                consumer=spec.consumer,
+            )
+            info = {p.identifier: p for p in found}
+            chosen: list[Any] = []
+            for ident in candidates:
+                p = info.get(ident)
+                if p is not None and ident not in self.inflight:
+                    alone = self._alone(int(p.delivered))
+                    if alone and chosen:
+                        break  # its own turn comes next
+                    chosen.append(p)
+                # acked or taken over by another consumer since it was queued, or taken now
+                self._retries.popleft()
+                self._queued.discard(ident)
+                if chosen and self._alone(int(chosen[-1].delivered)):
+                    break
+            if not chosen:
+                continue
+            # min_idle_time: nobody else could take these (idle < claim_idle) or took them
+            # since the XPENDING just now (that resets the idle time); an entry deleted from the
+            # stream meanwhile is dropped from the pending list by Redis and not returned
+            claimed = await client.xclaim(
+                spec.stream,
+                spec.group,
+                spec.consumer,
+                min_idle_time=min(int(p.idle) for p in chosen),
+                identifiers=[p.identifier for p in chosen],
+            )
+            counts = {p.identifier: int(p.delivered) + 1 for p in chosen}
+            entries = [(e, counts[e.identifier]) for e in claimed if e.field_values is not None]
+            if entries:
+                return entries
 
     async def _ensure_group(self) -> None:
         coredis = require("coredis", "redis")
@@ -334,40 +554,29 @@ class _RedisRun(Source[dict[str, str]]):
                 spec.stream, spec.group, identifier=spec.start, mkstream=True
             )
 
-    async def _claim(self, room: int) -> list[Any]:
+    async def _claim(self) -> None:
+        """Take over (without delivering them: ``JUSTID``) entries idle for ``claim_idle`` in
+        any consumer's pending list, to retry them one at a time."""
+        if self._has_retries():
+            return  # one backlog at a time: others may take what this one cannot do soon
         spec = self.spec
-        claimed: list[Any] = []
         cursor = "0-0"
-        while len(claimed) < room:
+        taken = 0
+        while taken < self.CLAIM_AT_ONCE:
             result = await self.client.xautoclaim(
                 spec.stream,
                 spec.group,
                 spec.consumer,
                 min_idle_time=max(1, int(spec.claim_idle * 1000)),
                 start=cursor,
-                count=room - len(claimed),
+                count=self.CLAIM_AT_ONCE - taken,
+                justid=True,
             )
-            cursor, entries = result[0], result[1]
-            claimed.extend(e for e in entries if e.field_values is not None)
+            cursor, ids = result[0], result[1]
+            taken += len(ids)
+            self._queue_retries(ids)
             if cursor in ("0-0", b"0-0"):
                 break
-        return claimed
-
-    async def _with_deliveries(self, entries: Any) -> list[tuple[Any, int]]:
-        """Pair entries with their delivery counts (from the group's pending list)."""
-        spec = self.spec
-        if not entries:
-            return []
-        pending = await self.client.xpending(
-            spec.stream,
-            spec.group,
-            start=entries[0].identifier,
-            end=entries[-1].identifier,
-            count=len(entries) * 2 + 10,
-            consumer=spec.consumer,
-        )
-        counts = {p.identifier: p.delivered for p in pending}
-        return [(e, counts.get(e.identifier, 1)) for e in entries]
 
     async def _hand_over(self, out: Outlet, entries: list[tuple[Any, int]]) -> None:
         spec, acker = self.spec, self.acker
@@ -396,9 +605,9 @@ class _RedisRun(Source[dict[str, str]]):
             data.append(dict(entry.field_values))
             ids.append(entry.identifier)
             metas.append(meta)
-        if poison:
-            await out.send_many(poison)
-        await out.send_bulk(data, acknowledger=acker, ids=ids, metadata=metas)
+        self.inflight.update(ids)
+        self.inflight.update(m.metadata["id"] for m in poison)
+        await out.send_bulk(data, acknowledger=acker, ids=ids, metadata=metas, failed=poison)
 
     def __repr__(self) -> str:
         return repr(self.spec)
@@ -450,6 +659,26 @@ class RedisStreamSink:
     @property
     def __name__(self) -> str:  # for reprs: sink(RedisStreamSink(...))
         return f"RedisStreamSink({self.stream})"
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What a lost or refused connection raises through coredis."""
+    coredis = require("coredis", "redis")
+    import anyio
+
+    return (
+        *CONNECTION_ERRORS,
+        coredis.exceptions.ConnectionError,  # also BusyLoadingError: Redis is loading its data
+        anyio.BrokenResourceError,
+        anyio.ClosedResourceError,
+        anyio.EndOfStream,
+    )
+
+
+def _response_error() -> type[Exception]:
+    coredis = require("coredis", "redis")
+    error: type[Exception] = coredis.exceptions.ResponseError
+    return error
 
 
 def _text(value: Any) -> str:
