@@ -1,0 +1,194 @@
+"""The AMQP client side of the RabbitMQ connector: connecting with serena, and what counts as a
+lost connection. See :mod:`trioflow.connectors.rabbitmq`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._groups import leaves
+from ._lazy import require
+from ._reconnect import CONNECTION_ERRORS
+
+if TYPE_CHECKING:
+    from .rabbitmq import RabbitQueueSource
+
+__all__ = ["PROPERTIES", "ConnectionLost", "connect", "open_channel", "publish"]
+
+#: seconds a (re)connection may take: TCP connect, AMQP handshake, channel, declarations
+CONNECT_TIMEOUT = 10.0
+#: AMQP reply code of a connection the broker closed on purpose (shutdown, close_connection)
+_CONNECTION_FORCED = 320
+
+
+class ConnectionLost(ConnectionError):
+    """The source's connection to the broker is gone (or could not be made again): transient,
+    so the source reconnects under its ``reconnect`` policy."""
+
+
+def _is_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (every leaf of a group) says the connection is gone, not a bug: a socket
+    error, an ended stream, or the broker closing the connection (a shutdown, an operator's
+    ``close_connection``: CONNECTION_FORCED)."""
+    import anyio
+    from serena.exc import UnexpectedCloseError
+
+    kinds = (
+        *CONNECTION_ERRORS,
+        anyio.EndOfStream,
+        anyio.BrokenResourceError,
+        anyio.ClosedResourceError,
+    )
+    found = [leaf for leaf in leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    return bool(found) and all(
+        isinstance(leaf, kinds)
+        or (isinstance(leaf, UnexpectedCloseError) and int(leaf.reply_code) == _CONNECTION_FORCED)
+        for leaf in found
+    )
+
+
+def _describe(exc: BaseException | None) -> str:
+    """One line for the log: the first real error in ``exc``."""
+    if exc is None:
+        return "the connection closed"
+    found = [leaf for leaf in leaves(exc) if not isinstance(leaf, trio.Cancelled)] or [exc]
+    first = found[0]
+    return f"{type(first).__name__}: {first}" if str(first) else type(first).__name__
+
+
+PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type_name",
+    "user_id",
+    "application_id",
+)
+
+
+def _serena() -> Any:
+    """Import serena, fixing its decoding of AMQP field arrays (0.9.1 reads the byte length as
+    an item count, so a dead-lettered message's ``x-death`` header broke the connection)."""
+    serena = require("serena", "rabbitmq")
+    from serena.utils.buffer import DecodingBuffer
+
+    if not getattr(DecodingBuffer, "_trioflow_array_fix", False):
+
+        def read_array(self: Any) -> list[Any]:
+            items = DecodingBuffer(self.read_long_string())
+            values = []
+            while items.has_data:
+                values.append(items.read_field_value())
+            return values
+
+        DecodingBuffer.read_array = read_array  # type: ignore[method-assign]
+        DecodingBuffer._trioflow_array_fix = True  # type: ignore[attr-defined]
+    return serena
+
+
+def connect(
+    host: str = "127.0.0.1",
+    port: int = 5672,
+    *,
+    username: str = "guest",
+    password: str = "guest",
+    virtual_host: str = "/",
+    **options: Any,
+) -> AbstractAsyncContextManager[Any]:
+    """A serena connection (``async with connect(...) as conn``); ``options`` go to serena.
+
+    Examples:
+        >>> async with connect(port=5672) as conn, open_channel(conn) as channel:
+        ...     await channel.basic_publish("", "payments", b'{"id": 1}')
+    """
+    serena = _serena()
+    cm: AbstractAsyncContextManager[Any] = serena.open_connection(
+        host, port=port, username=username, password=password, virtual_host=virtual_host, **options
+    )
+    return cm
+
+
+@asynccontextmanager
+async def open_channel(conn: Any) -> AsyncIterator[Any]:
+    """A channel of serena connection ``conn``, whose streams are all closed on the way out.
+
+    serena 0.9 closes only the sending ends of a channel's internal streams; the receiving ends
+    are closed here, so nothing is left for the garbage collector to warn about.
+
+    Examples:
+        >>> async with connect(port=5672) as conn, open_channel(conn) as channel:
+        ...     await channel.queue_purge("payments")
+    """
+    async with AsyncExitStack() as stack:
+        channel = await stack.enter_async_context(conn.open_channel())
+        stack.callback(_close_streams, channel)
+        yield channel
+
+
+@asynccontextmanager
+async def _connection(spec: RabbitQueueSource, **options: Any) -> AsyncIterator[Any]:
+    """A serena connection for a source: serena's ``open_connection``, except that the
+    connect and handshake time out after ``CONNECT_TIMEOUT`` (a broker that accepts but never
+    answers is an outage too), and the socket is closed whatever fails (serena leaves it open
+    when a handshake fails, or when the broker closed the connection before its Close-Ok)."""
+    import anyio
+    from serena.connection import AMQPConnection
+
+    _serena()
+    with trio.fail_after(CONNECT_TIMEOUT):
+        if spec.host.startswith("/"):  # a Unix socket, as serena takes it
+            sock: Any = await anyio.connect_unix(spec.host)
+        else:
+            sock = await anyio.connect_tcp(spec.host, spec.port)
+        try:
+            conn = AMQPConnection(sock, **options)
+            await conn._do_startup_handshake(spec.username, spec.password, spec.virtual_host)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await sock.aclose()
+            raise
+    try:
+        async with anyio.create_task_group() as tasks:
+            conn._start_tasks(tasks)
+            try:
+                yield conn
+            finally:
+                tasks.cancel_scope.cancel()
+    finally:
+        try:
+            await conn.close()
+        finally:
+            with trio.CancelScope(shield=True):
+                await conn._close_ungracefully()
+
+
+def _close_streams(channel: Any) -> None:
+    for name in ("_send", "_receive", "_delivery_send", "_delivery_receive"):
+        stream = getattr(channel, name, None)
+        if stream is not None:
+            stream.close()
+
+
+async def publish(channel: Any, routing_key: str, bodies: list[bytes], exchange: str = "") -> None:
+    """Publish ``bodies`` (persistent) to ``exchange`` with ``routing_key``; one confirm each.
+
+    A helper for tests, examples and small producers: serena waits for the broker's confirm of
+    each message, so this sends about a thousand messages a second.
+
+    Examples:
+        >>> async with connect() as conn, open_channel(conn) as channel:
+        ...     await publish(channel, "payments", [b"1", b"2"])
+    """
+    serena = require("serena", "rabbitmq")
+    header = serena.BasicHeader(delivery_mode=2)
+    for body in bodies:
+        await channel.basic_publish(exchange, routing_key, body, header=header)
