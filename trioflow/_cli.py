@@ -21,7 +21,7 @@ import json
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -416,22 +416,37 @@ async def _start_extras(
     if opts.metrics_port is not None:
         from ._prometheus import serve_metrics
 
-        port = await nursery.start(
-            partial(serve_metrics, handle, port=opts.metrics_port, host=opts.metrics_host)
-        )
-        print(
-            f"trioflow: metrics at http://{opts.metrics_host}:{port}/metrics", file=err, flush=True
-        )
+        remote = {"allow_remote": opts.allow_remote, "allowed_hosts": opts.allowed_hosts}
+        host = opts.metrics_host
+        with _bind_error("--metrics-port", opts.metrics_port):
+            port = await nursery.start(
+                partial(serve_metrics, handle, port=opts.metrics_port, host=host, **remote)
+            )
+        shown = f"[{host}]" if ":" in host else host
+        print(f"trioflow: metrics at http://{shown}:{port}/metrics", file=err, flush=True)
     if opts.dashboard is not None:
         from ._dashboard import serve_dashboard
 
+        remote = {"allow_remote": opts.allow_remote, "allowed_hosts": opts.allowed_hosts}
         host, port = opts.dashboard
-        bound = await nursery.start(partial(serve_dashboard, handle, host=host, port=port))
+        with _bind_error("--dashboard", f"{host}:{port}"):
+            bound = await nursery.start(
+                partial(serve_dashboard, handle, host=host, port=port, **remote)
+            )
         shown = f"[{host}]" if ":" in host else host
         print(f"trioflow: dashboard at http://{shown}:{bound}/", file=err, flush=True)
     mode = opts.progress_mode
     if mode != "none":
         nursery.start_soon(_progress, handle, mode, opts.log_every)
+
+
+@contextlib.contextmanager
+def _bind_error(option: str, value: object) -> Iterator[None]:
+    """A port in use (or an address not ours) is a usage error naming the option."""
+    try:
+        yield
+    except OSError as exc:
+        raise UsageError(f"{option} {value}: {exc.strerror or exc}") from exc
 
 
 def _exit_status(report: RunReport, outcome: _Outcome, opts: argparse.Namespace) -> int:
@@ -486,12 +501,32 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="serve /metrics (Prometheus) and /metrics.json on this port (0: any free one)",
     )
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address for --metrics-port (default 127.0.0.1; others need --allow-remote)",
+    )
     p.add_argument(
         "--dashboard",
         default=None,
         metavar="HOST:PORT",
-        help="serve the live dashboard there (loopback only), e.g. 127.0.0.1:8765",
+        help="serve the live dashboard there, e.g. 127.0.0.1:8765 "
+        "(loopback only unless --allow-remote)",
+    )
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="let --metrics-host and --dashboard bind a non-loopback address "
+        "(no authentication: anyone who reaches the port reads the figures)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        default=None,
+        metavar="NAME[:PORT]",
+        help="a Host name the metrics server and the dashboard answer for, besides localhost "
+        "and the bound address (repeatable; with --allow-remote and none given: any)",
     )
     p.add_argument("--json", action="store_true", help="print the final report as JSON")
     p.add_argument(
@@ -572,14 +607,21 @@ def _run_and_report(
 ) -> int:
     if opts.drain_timeout < 0:
         raise UsageError(f"--drain-timeout {opts.drain_timeout}: must be >= 0")
-    if opts.dashboard is not None:
-        opts.dashboard = _parse_hostport(opts.dashboard, "--dashboard")
-        from ._http import check_loopback
+    from ._http import Access, check_loopback
 
-        try:
-            check_loopback(opts.dashboard[0], "--dashboard")
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+    hint = "add --allow-remote to serve on it anyway"
+    try:
+        if opts.dashboard is not None:
+            opts.dashboard = _parse_hostport(opts.dashboard, "--dashboard")
+            if not opts.allow_remote:
+                check_loopback(opts.dashboard[0], "--dashboard", hint=hint)
+        if opts.metrics_port is not None and not opts.allow_remote:
+            check_loopback(opts.metrics_host, "--metrics-host", hint=hint)
+        if opts.allowed_hosts is not None:
+            Access.build("", allow_remote=False, allowed_hosts=opts.allowed_hosts)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("allowed_hosts: ", "--allowed-host ")) from None
+    if opts.dashboard is not None:
         _require("trio_websocket", "dashboard", "--dashboard")
     if opts.metrics_port is not None:
         if not 0 <= opts.metrics_port <= 65535:
@@ -590,6 +632,14 @@ def _run_and_report(
         report, status, crash = trio.run(run_with_cli, pipeline, opts, resources)
     except OSError as exc:  # a port in use, say
         raise UsageError(str(exc)) from exc
+    except BaseExceptionGroup as group:  # a UsageError from inside the run's nursery
+        usage, rest = group.split(UsageError)
+        if usage is None or rest is not None:
+            raise
+        first: BaseException = usage
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     _finish(report, status, crash, opts)
     if after is not None and not opts.json:
         after(report)

@@ -7,12 +7,12 @@ recorded twice, and a pipeline nobody scrapes pays nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._http import serve_http
+from ._http import HEAD_TIMEOUT, MAX_CONNECTIONS, Access, check_loopback, serve_http
 
 if TYPE_CHECKING:
     from ._runner import PipelineHandle
@@ -191,6 +191,10 @@ async def serve_metrics(
     port: int = 9464,
     host: str = "127.0.0.1",
     pipeline: str = "",
+    allow_remote: bool = False,
+    allowed_hosts: Sequence[str] | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    head_timeout: float = HEAD_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/metrics`` (Prometheus) and ``/metrics.json`` (the snapshot) until cancelled.
@@ -200,12 +204,29 @@ async def serve_metrics(
     ``prometheus-client`` installed, ``/metrics.json`` still works and ``/metrics`` answers
     with the install hint.
 
+    The server has no authentication. ``host`` must be a loopback address unless
+    ``allow_remote=True`` (in a container, ``host="0.0.0.0", allow_remote=True`` lets
+    Prometheus scrape from another host). Requests must name the server in ``Host``:
+    ``localhost``, a loopback address, ``host``, or one of ``allowed_hosts`` (``"name"`` or
+    ``"name:port"``; ``"*"``: any); with ``allow_remote=True`` and no ``allowed_hosts``, any
+    ``Host``. Others get 421 (a DNS-rebinding page cannot read the figures). At most
+    ``max_connections`` connections are served at once (the excess gets 503), and a client
+    has ``head_timeout`` seconds to send its request.
+
+    Raises:
+        ValueError: ``host`` is not a loopback address and ``allow_remote`` is false, or an
+            option is out of range.
+
     Examples:
         >>> async with trio.open_nursery() as nursery:
         ...     handle = await nursery.start(pipeline.serve)
         ...     await nursery.start(serve_metrics, handle)
     """
     import json
+
+    if not allow_remote:
+        check_loopback(host, "serve_metrics", hint="pass allow_remote=True to serve on it anyway")
+    access = Access.build(host, allow_remote=allow_remote, allowed_hosts=allowed_hosts)
 
     def metrics() -> tuple[str, bytes]:
         try:
@@ -217,4 +238,12 @@ async def serve_metrics(
         return "application/json", json.dumps(handle.snapshot()).encode()
 
     routes = {"/metrics": metrics, "/metrics.json": snapshot}
-    await serve_http(routes, host=host, port=port, task_status=task_status)
+    await serve_http(
+        routes,
+        host=host,
+        port=port,
+        access=access,
+        max_connections=max_connections,
+        head_timeout=head_timeout,
+        task_status=task_status,
+    )

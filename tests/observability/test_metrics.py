@@ -164,7 +164,7 @@ async def test_prometheus_exposition(autojump_clock: trio.abc.Clock) -> None:
 async def http_get(port: int, path: str) -> tuple[str, bytes]:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
         data = b""
         while chunk := await stream.receive_some():
             data += chunk
