@@ -1,7 +1,8 @@
 """Property tests: the fast ``trioflow-dev`` hypothesis profile unless one is chosen.
 
-Profiles are registered by the trioflow pytest plugin; ``--hypothesis-profile=ci`` runs more
-examples, and is what CI runs (``.ci/run`` sets ``CI``, and runs the README's plain command).
+Profiles are registered by the trioflow pytest plugin; ``--hypothesis-profile=trioflow-ci``
+runs more examples, and is what CI runs (``.ci/run`` sets ``CI``, and runs the README's plain
+command).
 """
 
 from __future__ import annotations
@@ -14,4 +15,4 @@ from hypothesis import settings
 
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("hypothesis_profile", None):
-        settings.load_profile("ci" if os.environ.get("CI") else "trioflow-dev")
+        settings.load_profile("trioflow-ci" if os.environ.get("CI") else "trioflow-dev")

@@ -1,9 +1,10 @@
 """examples/service.py against real Redis and RabbitMQ: a broker connection drop, then SIGTERM.
 
-The example runs as a user would run it (a subprocess). Midway, the broker closes every client
-connection (``rabbitmqctl close_all_connections``): the RabbitMQ source reconnects on its own
-(no restart of the consumer) while the Redis one keeps going. SIGTERM then drains both: every message is handled
-(at least once), nothing is left pending in either broker, and the process exits 0.
+The example runs as a user would run it (a subprocess). Midway, the broker closes every
+client connection (``rabbitmqctl close_all_connections``): the RabbitMQ source reconnects on
+its own (no restart of the consumer) while the Redis one keeps going. SIGTERM then drains
+both: every message is handled (at least once), nothing is left pending in either broker, and
+the process exits 0.
 """
 
 from __future__ import annotations

@@ -7,12 +7,18 @@
 * :func:`check_pipeline`: run a pipeline under a ``MockClock`` and assert trioflow's invariants.
 * :func:`stages`, :func:`pipelines`, :func:`failures`, :func:`tokens`: hypothesis strategies
   (need ``hypothesis``).
+* :class:`SimulatedBroker`: an in-memory broker (partitions, consumer groups, leases, dead
+  letters) with faults (:class:`CrashConsumer`, :class:`DuplicateDelivery`,
+  :class:`RestartBroker`, :class:`DelayAcks`, :class:`SlowPartition`), and
+  :func:`check_service` that runs a service through them and checks it; the strategies
+  :func:`fault_schedules` and :func:`faults` draw schedules.
 
 Examples:
     >>> from trioflow.testing import TestSource, check_pipeline
     >>> check_pipeline(process(double), [1, 2, 3], model=lambda xs: [2 * x for x in xs])
 """
 
+import importlib as _importlib
 import typing as _typing
 
 from ._check import CheckResult as CheckResult
@@ -30,6 +36,22 @@ from ._push import Outcome as Outcome
 from ._push import PushSource as PushSource
 from ._push import test_batch as test_batch
 from ._push import test_message as test_message
+from ._service import BrokenInvariant as BrokenInvariant
+from ._service import ServiceExpect as ServiceExpect
+from ._service import ServiceResult as ServiceResult
+from ._service import ServiceViolation as ServiceViolation
+from ._service import check_service as check_service
+from ._service import check_service_async as check_service_async
+from ._sim_faults import BrokerFault as BrokerFault
+from ._sim_faults import CrashConsumer as CrashConsumer
+from ._sim_faults import DelayAcks as DelayAcks
+from ._sim_faults import DuplicateDelivery as DuplicateDelivery
+from ._sim_faults import RestartBroker as RestartBroker
+from ._sim_faults import SlowPartition as SlowPartition
+from ._sim_source import SimulatedSource as SimulatedSource
+from ._simulated import ConsumerCrashed as ConsumerCrashed
+from ._simulated import Published as Published
+from ._simulated import SimulatedBroker as SimulatedBroker
 from ._source import AckedTwice as AckedTwice
 from ._source import InFlightMeter as InFlightMeter
 from ._source import RecordedSource as RecordedSource
@@ -38,19 +60,38 @@ from ._source import TestSource as TestSource
 from ._source import record as record
 
 if _typing.TYPE_CHECKING:
+    from ._sim_strategies import fault_schedules as fault_schedules
+    from ._sim_strategies import faults as faults
     from ._strategies import failures as failures
     from ._strategies import pipelines as pipelines
     from ._strategies import retries as retries
     from ._strategies import stages as stages
     from ._strategies import tokens as tokens
 
-_STRATEGIES = ("failures", "pipelines", "retries", "stages", "tokens")
+_STRATEGIES = (
+    "failures",
+    "fault_schedules",
+    "faults",
+    "pipelines",
+    "retries",
+    "stages",
+    "tokens",
+)
+_SIM_STRATEGIES = ("fault_schedules", "faults")
 
 __all__ = [
     "AckedTwice",
+    "BrokenInvariant",
+    "BrokerFault",
     "check_pipeline",
     "check_pipeline_async",
+    "check_service",
+    "check_service_async",
     "CheckResult",
+    "ConsumerCrashed",
+    "CrashConsumer",
+    "DelayAcks",
+    "DuplicateDelivery",
     "Expected",
     "FailurePlan",
     "Fault",
@@ -59,10 +100,18 @@ __all__ = [
     "InvariantViolation",
     "Outcome",
     "PlannedFailure",
+    "Published",
     "PushSource",
     "record",
     "RecordedSource",
     "RecordingAcknowledger",
+    "RestartBroker",
+    "ServiceExpect",
+    "ServiceResult",
+    "ServiceViolation",
+    "SimulatedBroker",
+    "SimulatedSource",
+    "SlowPartition",
     "test_batch",
     "test_message",
     "TestSource",
@@ -76,10 +125,12 @@ def __getattr__(name: str) -> _typing.Any:
     # strategies need hypothesis, an optional (test) dependency: import it on first use
     if name in _STRATEGIES:
         try:
-            from . import _strategies
+            module = _importlib.import_module(
+                "._sim_strategies" if name in _SIM_STRATEGIES else "._strategies", __name__
+            )
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError(
-                f"trioflow.testing.{name} needs hypothesis: pip install 'trioflow[test]'"
+                f"trioflow.testing.{name} needs hypothesis: pip install 'trioflow[testing]'"
             ) from exc
-        return getattr(_strategies, name)
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,9 +8,10 @@ Fixtures:
   and stops it (gracefully) at teardown. It runs in the test's trio run, so it composes with
   pytest-trio's ``autojump_clock``.
 
-Hypothesis profiles ``trioflow-dev`` (fast) and ``ci`` (more examples), selected with
-``--hypothesis-profile=ci``; a project that registers its own ``ci`` profile in its root
-``conftest.py`` overrides this one.
+Hypothesis profiles ``trioflow-dev`` (fast) and ``trioflow-ci`` (more examples), selected with
+``--hypothesis-profile=trioflow-ci``. The plugin registers only these two names and loads none:
+a project's own profiles, hypothesis's built-in ``ci`` profile (loaded when ``CI`` is set) and
+whatever profile is active are left exactly as they were.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ def _register_profiles() -> None:
         "deadline": None,
         "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     }
+    # only names of our own: hypothesis loads its "ci" profile whenever CI is set, and
+    # re-registering the active profile reloads it, which would change a user's settings
     settings.register_profile("trioflow-dev", max_examples=60, **common)
-    settings.register_profile("ci", max_examples=600, derandomize=False, **common)
+    settings.register_profile("trioflow-ci", max_examples=600, derandomize=False, **common)
 
 
 _register_profiles()
