@@ -243,9 +243,7 @@ def plain_data(origin: Any) -> Any:
     return origin[0] if type(origin) is tuple else origin
 
 
-def check_bulk(
-    data: Any, ids: Sequence[Any] | None, metadata: Metadata, acknowledger: Any
-) -> None:
+def check_bulk(data: Any, ids: Sequence[Any] | None, metadata: Metadata, acknowledger: Any) -> None:
     """Refuse a bulk hand-over whose parts do not line up, naming what is wrong."""
     if not isinstance(data, list):
         raise TypeError(f"send_bulk: data must be a list, not {type(data).__name__}")
