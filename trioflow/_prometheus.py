@@ -155,17 +155,42 @@ def prometheus_collector(handle: PipelineHandle, *, pipeline: str = "") -> Any:
                 lat.add_sample(lname + "_sum", labels, run.histograms[label].total)
             yield from (items, stage_failed, busy, workers, in_flight, queued, capacity, lat)
 
-            for source, figures in report.sources.items():
-                for key, value in figures.items():
-                    g = GaugeMetricFamily(
-                        f"trioflow_source_{_metric_name(key)}",
-                        f"Reported by the source: {key}.",
-                        labels=[*base, "source"],
-                    )
-                    g.add_metric([*lv, source], value)
-                    yield g
+            yield from _source_gauges(report.sources, base, lv)
 
     return _Collector()
+
+
+def _source_gauges(
+    sources: dict[str, dict[str, float]], base: list[str], lv: list[str]
+) -> Iterator[Any]:
+    """One gauge per figure name across the sources (``source`` label); a figure keyed
+    ``name[part]`` (a Kafka source's ``lag[orders/3]``) goes to ``trioflow_source_partition_name``
+    with a ``partition`` label."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    families: dict[str, Any] = {}
+    for source, figures in sources.items():
+        for key, value in figures.items():
+            part = _PART.fullmatch(key)
+            if part is None:
+                metric, labels, values = (
+                    f"trioflow_source_{_metric_name(key)}",
+                    ["source"],
+                    [source],
+                )
+            else:
+                metric = f"trioflow_source_partition_{_metric_name(part[1])}"
+                labels, values = ["source", "partition"], [source, part[2]]
+            family = families.get(metric)
+            if family is None:
+                family = families[metric] = GaugeMetricFamily(
+                    metric, f"Reported by the source: {key}.", labels=[*base, *labels]
+                )
+            family.add_metric([*lv, *values], value)
+    yield from families.values()
+
+
+_PART = re.compile(r"([^\[]+)\[(.+)\]")
 
 
 def _metric_name(key: str) -> str:

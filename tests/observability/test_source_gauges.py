@@ -1,0 +1,30 @@
+"""Source figures in Prometheus: one family per figure across sources; per-partition figures
+(``name[part]``) get a ``partition`` label."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("prometheus_client")
+
+from trioflow._prometheus import _source_gauges
+
+
+def test_one_family_per_figure_and_partitions_as_a_label() -> None:
+    sources = {
+        "kafka:orders/g": {"lag": 7.0, "lag[orders/0]": 3.0, "lag[orders/1]": 4.0},
+        "redis:s/g": {"lag": 2.0, "pending": 1.0},
+    }
+    families = {f.name: f for f in _source_gauges(sources, ["pipeline"], ["p"])}
+    assert set(families) == {
+        "trioflow_source_lag",
+        "trioflow_source_partition_lag",
+        "trioflow_source_pending",
+    }
+    lag = {tuple(s.labels.values()): s.value for s in families["trioflow_source_lag"].samples}
+    assert lag == {("p", "kafka:orders/g"): 7.0, ("p", "redis:s/g"): 2.0}
+    part = families["trioflow_source_partition_lag"].samples
+    assert {(s.labels["partition"], s.value) for s in part} == {
+        ("orders/0", 3.0),
+        ("orders/1", 4.0),
+    }
