@@ -148,6 +148,21 @@ class Message(Generic[T]):
         return f"Message({', '.join(parts)})"
 
 
+def check_failure_options(on_failure: str, max_deliveries: int | None) -> None:
+    """Refuse a broker source's ``on_failure`` that is not an action, or a ``max_deliveries``
+    that is not a positive integer (or None)."""
+    if on_failure not in ACTIONS:
+        raise ValueError(
+            f"on_failure={on_failure!r} must be one of {', '.join(map(repr, ACTIONS))}"
+        )
+    if max_deliveries is not None and (
+        not isinstance(max_deliveries, int)
+        or isinstance(max_deliveries, bool)
+        or max_deliveries < 1
+    ):
+        raise ValueError(f"max_deliveries={max_deliveries!r} must be a positive integer or None")
+
+
 def reason_key(reason: BaseException | str | None) -> str:
     """The ``failed_by_reason`` key of a reason: an exception's class name, or the string.
 

@@ -6,7 +6,6 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Literal, final
 
-import attrs
 import trio
 
 from .._exceptions import TrioflowError
@@ -84,11 +83,3 @@ def _decode(raw: str | bytes, format: Format) -> tuple[Any, BaseException | None
         error = ValueError("JSON nesting too deep")
         error.__cause__ = exc
         return raw, error
-
-
-def _jsonable(value: Any) -> Any:
-    if attrs.has(type(value)):
-        return attrs.asdict(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")

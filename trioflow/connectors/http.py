@@ -37,13 +37,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, final
 
-import attrs
 import trio
 
 from .._exceptions import TrioflowError
 from .._message import Message
 from .._retry import Backoff, Retry
 from .._sources import Outlet, Source
+from ._json import jsonable as _jsonable
 from ._lazy import require
 
 if TYPE_CHECKING:
@@ -462,14 +462,6 @@ class HttpSource(Source[Any]):
 
 
 # --- sink ----------------------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if attrs.has(type(value)):
-        return attrs.asdict(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _args(error: HttpError, more: str) -> tuple[Any, ...]:

@@ -56,7 +56,7 @@ from typing import Any, ClassVar, final
 
 import trio
 
-from .._message import ACTIONS, FailureAction, Message
+from .._message import FailureAction, Message, check_failure_options
 from .._sources import Outlet, Source
 from ._lazy import require
 from ._reconnect import (
@@ -216,16 +216,7 @@ class RedisStreamSource(Source[dict[str, str]]):
         reconnect: Reconnect | None = _DEFAULT_RECONNECT,
         name: str | None = None,
     ) -> None:
-        if on_failure not in ACTIONS:
-            raise ValueError(
-                f"on_failure={on_failure!r} must be one of {', '.join(map(repr, ACTIONS))}"
-            )
-        if max_deliveries is not None and (
-            not isinstance(max_deliveries, int) or max_deliveries < 1
-        ):
-            raise ValueError(
-                f"max_deliveries={max_deliveries!r} must be a positive integer or None"
-            )
+        check_failure_options(on_failure, max_deliveries)
         if not block > 0:
             raise ValueError(f"block={block!r} must be a positive number of seconds")
         if reconnect is not None and not isinstance(reconnect, Reconnect):

@@ -45,6 +45,7 @@ import trio
 from .._message import Message
 from .._retry import Backoff
 from .._sources import Outlet, Source
+from ._json import jsonable as _jsonable
 from ._lazy import require
 from ._ws_common import (
     _MIB,
@@ -55,7 +56,6 @@ from ._ws_common import (
     _closed,
     _connect_error,
     _decode,
-    _jsonable,
     _release,
 )
 from ._ws_server import WebSocketServerSource

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, final
 
 import trio
 
-from .._message import ACTIONS, FailureAction, Message
+from .._message import FailureAction, Message, check_failure_options
 from .._sources import Outlet, Source
 from ._simulated import ConsumerCrashed, Receipt, SimulatedBroker
 
@@ -108,16 +108,7 @@ class SimulatedSource(Source[Any]):
         dead_letter: str | None = None,
         name: str | None = None,
     ) -> None:
-        if on_failure not in ACTIONS:
-            raise ValueError(
-                f"on_failure={on_failure!r} must be one of {', '.join(map(repr, ACTIONS))}"
-            )
-        if max_deliveries is not None and (
-            not isinstance(max_deliveries, int) or max_deliveries < 1
-        ):
-            raise ValueError(
-                f"max_deliveries={max_deliveries!r} must be a positive integer or None"
-            )
+        check_failure_options(on_failure, max_deliveries)
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"count={count!r} must be a positive integer")
         self.broker = broker
