@@ -546,6 +546,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--traceback", action="store_true", help="full tracebacks for errors")
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def _parser() -> _Parser:
     parser = _Parser(
         prog="trioflow",
@@ -553,6 +559,9 @@ def _parser() -> _Parser:
         epilog="exit status: "
         + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
         + "; 128+N hard stop by signal N",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"trioflow {_version()}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     run = sub.add_parser(

@@ -147,3 +147,16 @@ def test_port_in_use_is_a_usage_error(option: str) -> None:
     assert got.stderr.strip().splitlines() == [
         f"trioflow: error: {option} {value}: Address already in use"
     ]
+
+
+def test_version_prints_the_version_and_exits_0() -> None:
+    import subprocess
+    import sys
+
+    import trioflow
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "trioflow", "--version"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"trioflow {trioflow.__version__}"
