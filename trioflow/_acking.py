@@ -27,6 +27,7 @@ from typing import Any, final
 from trio.lowlevel import ParkingLot
 
 from ._bulk import Lots, Ref, plain_data
+from ._failure_log import FailureLog
 from ._groups import is_fatal
 from ._message import NOOP_ACKNOWLEDGER, FailureAction, Message, reason_key
 
@@ -110,6 +111,8 @@ class Settler:
         self._failed: list[Message[Any]] = []
         #: the run's bulk hand-overs (see ``_bulk``)
         self.lots = Lots()
+        #: log records of failed items (the first ones in full, then counts)
+        self.failure_log = FailureLog()
         #: settled successful bulk items, acked by their ids where possible
         self._refs: list[Ref] = []
         self._to_handle: list[Message[Any]] = []
@@ -254,6 +257,7 @@ class Settler:
 
     def close(self) -> None:
         """No more settlements: the failure task and then the acker finish what is queued."""
+        self.failure_log.flush()
         self._closed = True
         self._handler_lot.unpark_all()
         self._ack_lot.unpark_all()

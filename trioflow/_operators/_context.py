@@ -219,6 +219,7 @@ class StageContext:
         self.failed += 1
         if self.telemetry.has_failure:
             self.telemetry.emit("failure", self.label, value, reason)
+        self.settler.failure_log.failed(self.label, value, reason)
         self.settler.fail(origin, reason, action)
         if self.meter is not None:
             self.meter.progress()
