@@ -69,9 +69,12 @@ def test_sigkilled_consumers_lose_nothing(kafka_server: KafkaServer, tmp_path: P
     assert set(values) == {str(i) for i in range(N)}  # nothing lost
     duplicates = sum(c - 1 for c in values.values())
     print(f"processed {len(lines)} for {N} messages: {duplicates} duplicates")
-    # duplicates only from in-flight windows: two kills, each at most the pipeline's bound
-    # (entry buffer, stage buffers, the 64 calls) plus what librdkafka had fetched
-    assert duplicates <= 2 * 5_000
+    # duplicates only from the killed processes' windows: what a process had processed and not
+    # yet committed, at most its pipeline's buffers after the handler (the stage's output and
+    # the sink's queue, 1,024 each, plus the acker's backlog) and what settled during the last
+    # commit interval (0.2 s). Measured: about 2,000 in all on an idle machine, up to 11,000
+    # with the 2 cores saturated by other tests.
+    assert duplicates <= 2 * 8_000
     # order per key held within each process (a key's messages in increasing value)
     for f in files:
         seen: dict[str, int] = {}
