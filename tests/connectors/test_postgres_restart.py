@@ -23,6 +23,8 @@ from .servers import PG_BIN, PostgresServer
 
 psycopg = pytest.importorskip("psycopg")
 
+pytestmark = pytest.mark.server
+
 DOWNTIME = 3.0  # seconds between the stop and the start, as in the restart that was reported
 
 
