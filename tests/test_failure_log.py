@@ -25,7 +25,9 @@ async def test_the_first_failures_in_full_then_counts(
         return x
 
     with caplog.at_level(logging.WARNING, logger="trioflow"):
-        report = await (tf.from_iterable(range(2000)) | tf.process(parse) | tf.sink(lambda x: None)).run()
+        report = await (
+            tf.from_iterable(range(2000)) | tf.process(parse) | tf.sink(lambda x: None)
+        ).run()
     assert report.failed_by_reason == {"ValueError": 1000, "KeyError": 200}
     records = [r for r in caplog.records if r.name == "trioflow"]
     full = [r for r in records if "failed an item" in r.getMessage()]

@@ -6,7 +6,6 @@ The server is this module's own cluster, so that stopping it cannot disturb othe
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +18,7 @@ import trio
 import trioflow as tf
 from trioflow.connectors.postgres import PostgresSink
 
-from .servers import PG_BIN, PostgresServer
+from .servers import PostgresServer
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -41,13 +40,7 @@ def own_server() -> Iterator[PostgresServer]:
 
 
 def pg_ctl(server: PostgresServer, *args: str) -> None:
-    data = server.dir / "data"
-    subprocess.run(
-        ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(data), *args],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    server.pg_ctl(*args)  # as the cluster's owner (postgres when root, else the current user)
 
 
 def restart(server: PostgresServer) -> float:
