@@ -121,7 +121,7 @@ async def test_a_deeply_nested_line_fails_alone_and_the_checkpoint_moves_past_it
     tmp_path: Path,
 ) -> None:
     path, checkpoint = tmp_path / "in.jsonl", tmp_path / "ck"
-    write_lines(path, ['{"n": 1}', "[" * 1024, '{"n": 3}'])
+    write_lines(path, ['{"n": 1}', "[" * 100_000, '{"n": 3}'])  # too deep for any Python
     for _ in range(2):  # a restart from the checkpoint does not meet the line again
         seen: list[Any] = []
         failed: list[tf.Message[Any]] = []
@@ -132,7 +132,8 @@ async def test_a_deeply_nested_line_fails_alone_and_the_checkpoint_moves_past_it
             assert seen == [{"n": 1}, {"n": 3}]
             assert report.failed_by_reason == {"DecodeError": 1}
             [bad] = failed
-            assert (bad.data, bad.metadata["line"]) == ("[" * 1024, 2)
+            assert bad.metadata["line"] == 2
+            assert bad.data.startswith("[[[[")
             assert isinstance(bad.reason, tf.DecodeError)
             assert str(bad.reason).startswith("nesting too deep: arrays or objects nested deeper")
     assert (report.received, seen) == (0, [])

@@ -116,7 +116,7 @@ async def test_clients_that_close_right_after_the_handshake_do_not_stop_the_run(
 # --- 2. JSON nested too deeply ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("depth", [1024, 100_000])
+@pytest.mark.parametrize("depth", [5000, 100_000])  # too deep for 3.11's and 3.12's parsers
 async def test_deeply_nested_json_fails_that_event_with_a_reason(depth: int) -> None:
     source = WebSocketServerSource()
     async with (
