@@ -32,7 +32,7 @@ from ._operators._context import Emitter, StageContext, Terminal
 from ._pipeline import Pipeline
 from ._queue import ChunkQueue
 from ._report import Histogram, RunReport, StageStats
-from ._sources import Outlet, Source
+from ._sources import Gate, Outlet, Source
 from ._stages import BatchStage, Filter, FlatMap, Process, RateLimit, Route, Unbatch
 from ._telemetry import Instrument, Telemetry
 from ._topology import TERMINAL, Node, Topology, compile_pipeline
@@ -56,6 +56,26 @@ class PipelineHandle:
         """Start a graceful drain and return at once (idempotent)."""
         assert self._run.stop is not None
         self._run.stop.set()
+
+    def pause(self) -> None:
+        """Stop the sources pulling: what is in flight finishes and is acked, nothing new comes
+        in; broker connections stay open (a Kafka source pauses its partitions and keeps its
+        group membership). Idempotent; :meth:`resume` undoes it, a drain still works.
+
+        Examples:
+            >>> handle.pause()   # e.g. while a downstream database is maintained
+            >>> handle.resume()
+        """
+        self._run.gate.pause()
+
+    def resume(self) -> None:
+        """Let the sources pull again after :meth:`pause` (idempotent)."""
+        self._run.gate.resume()
+
+    @property
+    def paused(self) -> bool:
+        """Whether :meth:`pause` is in effect."""
+        return self._run.gate.paused
 
     @property
     def metrics(self) -> RunReport:
@@ -136,6 +156,8 @@ class _Run:
         self.outer: trio.CancelScope | None = None
         self.outlets: list[Outlet] = []
         self.draining = False
+        #: handle.pause() / resume(): the sources' switch
+        self.gate = Gate()
 
     def stop_sources(self) -> None:
         """Graceful drain: every source stops pulling (after the hand-over it is in, if any)."""
@@ -495,6 +517,7 @@ async def _run_sources(
         async with trio.open_nursery() as nursery:
             for source in sources:
                 outlet = Outlet(MeteredEntry(entry, run.meter), run.settler)  # type: ignore[arg-type]
+                outlet.gate = run.gate
                 run.outlets.append(outlet)
                 outlet.instrument(run.telemetry, source.label)
                 if run.draining:

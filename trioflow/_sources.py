@@ -56,6 +56,38 @@ _status_of = attrgetter("status")
 
 
 @final
+class Gate:
+    """Pauses a run's sources (``handle.pause()`` / ``resume()``): while it is closed,
+    :meth:`Outlet.demand` waits, so sources pull nothing; what is in flight goes on."""
+
+    __slots__ = ("_open",)
+
+    def __init__(self) -> None:
+        self._open: trio.Event | None = None  # None: not paused
+
+    @property
+    def paused(self) -> bool:
+        """Whether the sources are paused."""
+        return self._open is not None
+
+    def pause(self) -> None:
+        """Stop the sources pulling (idempotent)."""
+        if self._open is None:
+            self._open = trio.Event()
+
+    def resume(self) -> None:
+        """Let the sources pull again (idempotent)."""
+        event, self._open = self._open, None
+        if event is not None:
+            event.set()
+
+    async def wait(self) -> None:
+        """Return once the gate is open (at once, without a checkpoint, if it is)."""
+        while self._open is not None:
+            await self._open.wait()
+
+
+@final
 class Outlet:
     """Where a source hands over what it pulled (one per source task).
 
@@ -65,6 +97,7 @@ class Outlet:
     """
 
     __slots__ = (
+        "_asked",
         "_events",
         "_handing",
         "_label",
@@ -72,6 +105,7 @@ class Outlet:
         "_settler",
         "_stopping",
         "_tel",
+        "gate",
         "scope",
     )
 
@@ -82,6 +116,10 @@ class Outlet:
         self.scope = trio.CancelScope()
         self._handing = False
         self._stopping = False
+        #: whether the source asks for demand (then only demand() waits while paused)
+        self._asked = False
+        #: the run's pause switch (see :class:`Gate`)
+        self.gate: Gate | None = None
         self._tel: Telemetry | None = None
         self._events: Telemetry | None = None
         self._label = ""
@@ -153,7 +191,12 @@ class Outlet:
             self.scope.cancel()
 
     async def demand(self) -> int:
-        """Wait until the pipeline can take at least one item; return how many it can take now."""
+        """Wait until the pipeline can take at least one item (and the run is not paused);
+        return how many it can take now."""
+        self._asked = True
+        gate = self.gate
+        if gate is not None and gate.paused:
+            await gate.wait()
         room = await self._queue.wait_free()
         if self._stopping:
             # stopped while the wait was already ending: the scope is cancelled, so this raises
@@ -179,6 +222,9 @@ class Outlet:
         """
         if not items:
             return
+        gate = self.gate
+        if gate is not None and gate.paused and not self._asked:
+            await gate.wait()  # a source that never asks for demand pauses here, item in hand
         failed: list[Any] = []
         kinds = set(map(type, items))
         if kinds == {Message} and "failed" not in set(map(_status_of, items)):
