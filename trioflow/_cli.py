@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import logging
 import signal
 import sys
 import traceback
@@ -544,6 +545,20 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="exit status when messages failed (default 1; 0: failures are fine)",
     )
     p.add_argument("--traceback", action="store_true", help="full tracebacks for errors")
+    p.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="records of the 'trioflow' logger shown on stderr (failures, reconnects; default "
+        "WARNING)",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="log records as text lines, or one JSON object per line",
+    )
 
 
 def _version() -> str:
@@ -608,6 +623,44 @@ def _cmd_run(opts: argparse.Namespace) -> int:
     return _run_and_report(pipeline, opts)
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, and the traceback if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Show the ``"trioflow"`` logger's records at ``level`` on stderr, as text or JSON lines
+    (replacing a handler an earlier call installed)."""
+    log = logging.getLogger("trioflow")
+    for handler in list(log.handlers):
+        if getattr(handler, "_trioflow_cli", False):
+            log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._trioflow_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(
+        JsonLogFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(message)s")
+    )
+    log.addHandler(handler)
+    log.setLevel(level)
+
+
+def _remove_log_handlers() -> None:
+    log = logging.getLogger("trioflow")
+    for handler in list(log.handlers):
+        if getattr(handler, "_trioflow_cli", False):
+            log.removeHandler(handler)
+
+
 def _run_and_report(
     pipeline: Pipeline,
     opts: argparse.Namespace,
@@ -616,6 +669,7 @@ def _run_and_report(
 ) -> int:
     if opts.drain_timeout < 0:
         raise UsageError(f"--drain-timeout {opts.drain_timeout}: must be >= 0")
+    configure_logging(getattr(opts, "log_level", "WARNING"), getattr(opts, "log_format", "text"))
     from ._http import Access, check_loopback
 
     hint = "add --allow-remote to serve on it anyway"
@@ -716,7 +770,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         command = {"run": _cmd_run, "graph": _cmd_graph, "demo": _cmd_demo}[opts.command]
-        return command(opts)
+        try:
+            return command(opts)
+        finally:
+            _remove_log_handlers()  # main() may run in-process (tests, embedding)
     except UsageError as exc:
         if show_traceback:
             traceback.print_exc()

@@ -193,3 +193,26 @@ def test_script_entry_point_is_declared() -> None:
     )
     assert got.returncode == 0
     assert "exit status:" in got.stdout
+
+
+def test_failures_are_logged_as_text_or_json_at_the_chosen_level() -> None:
+    import json as _json
+
+    got = trioflow("run", f"{PIPELINES}:failing", "--no-progress", "--failed-exit-code", "0")
+    assert "WARNING trioflow: stage" in got.stderr  # the first failures, in full
+    assert "failed an item" in got.stderr
+    got = trioflow(
+        "run", f"{PIPELINES}:failing", "--no-progress", "--failed-exit-code", "0",
+        "--log-format", "json",
+    )  # fmt: skip
+    records = [_json.loads(x) for x in got.stderr.splitlines() if x.startswith("{")]
+    assert records
+    assert {r["logger"] for r in records} == {"trioflow"}
+    assert records[0]["level"] == "WARNING"
+    assert "failed an item" in records[0]["message"]
+    assert "Traceback" in records[0]["exc"]
+    quiet = trioflow(
+        "run", f"{PIPELINES}:failing", "--no-progress", "--failed-exit-code", "0",
+        "--log-level", "error",
+    )  # fmt: skip
+    assert "failed an item" not in quiet.stderr
