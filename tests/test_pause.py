@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -65,3 +66,42 @@ async def test_a_source_that_never_asks_for_demand_pauses_at_its_next_item(
         assert len(pulled) == count  # the generator is not advanced
         handle.resume()
     assert sorted(got) == list(range(1000))
+
+
+async def test_set_rate_changes_a_running_rate_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    times: list[float] = []
+
+    async def save(x: int) -> None:
+        times.append(trio.current_time())
+
+    limit = tf.rate_limit(10, per=1.0, name="limit")
+    pipeline = tf.from_iterable(range(300)) | limit | tf.sink(save)
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(pipeline.serve)
+        await trio.sleep(5.0)
+        handle.set_rate("limit", 100, per=1.0)
+        await trio.sleep(1.0)
+        handle.set_rate("limit", 1, per=0.5)  # slower again: a waiting release re-checks
+    first = [t for t in times if t - start < 5.0]
+    assert 45 <= len(first) <= 60  # 10 per second
+    fast = [t for t in times if 5.0 <= t - start < 6.0]
+    assert 90 <= len(fast) <= 110  # 100 per second
+    slow = [t for t in times if t - start >= 7.0]
+    assert slow  # then 1 per 0.5 s: 2 per second
+    assert 1.8 <= len(slow) / (slow[-1] - slow[0] + 0.5) <= 2.2
+
+
+async def test_set_rate_names_what_is_wrong() -> None:
+    work = tf.process(lambda x: x, name="work")
+    pipeline = tf.from_iterable([1]) | work | tf.sink(lambda x: None)
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(pipeline.serve)
+        with pytest.raises(KeyError, match="no stage named 'nope'"):
+            handle.set_rate("nope", 5)
+        with pytest.raises(TypeError, match="is not a rate_limit stage"):
+            handle.set_rate("work", 5)
+        with pytest.raises(ValueError, match="count=0 must be a positive integer"):
+            handle.set_rate("x", 0)

@@ -72,6 +72,26 @@ class PipelineHandle:
         """Let the sources pull again after :meth:`pause` (idempotent)."""
         self._run.gate.resume()
 
+    def set_rate(self, stage: str, count: int, per: float = 1.0) -> None:
+        """Let ``rate_limit`` stage ``stage`` (its name as in the report) pass ``count`` items
+        per ``per`` seconds from now on.
+
+        Examples:
+            >>> handle.set_rate("rate_limit", 50, per=1.0)
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"set_rate: count={count!r} must be a positive integer")
+        if not isinstance(per, (int, float)) or not per > 0:
+            raise ValueError(f"set_rate: per={per!r} must be a positive number of seconds")
+        contexts = {ctx.label: ctx for ctx in self._run.contexts}
+        ctx = contexts.get(stage)
+        if ctx is None:
+            raise KeyError(f"set_rate: no stage named {stage!r} (stages: {', '.join(contexts)})")
+        control = ctx.control
+        if not hasattr(control, "per"):
+            raise TypeError(f"set_rate: stage {stage!r} is not a rate_limit stage")
+        control.set(count, float(per))
+
     @property
     def paused(self) -> bool:
         """Whether :meth:`pause` is in effect."""

@@ -143,6 +143,7 @@ class StageContext:
     __slots__ = (
         "active",
         "busy",
+        "control",
         "draining",
         "failed",
         "histogram",
@@ -170,6 +171,8 @@ class StageContext:
         self.busy = 0.0
         self.failed = 0
         self.workers = 1
+        #: what steers the stage while it runs (a rate limit's ``RateControl``), if anything
+        self.control: Any = None
         #: whether a graceful drain is under way (the runner sets it to read the run's state)
         self.draining: Callable[[], bool] = _never
 
