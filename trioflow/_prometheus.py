@@ -15,12 +15,27 @@ import trio
 from ._http import HEAD_TIMEOUT, MAX_CONNECTIONS, Access, check_loopback, serve_http
 
 if TYPE_CHECKING:
+    from ._report import Histogram
     from ._runner import PipelineHandle
 
 __all__ = ["prometheus_collector", "prometheus_text", "serve_metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
+#: latency bucket bounds (seconds): Prometheus histograms, so several processes aggregate
+BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+def _histogram(metric: Any, labels: dict[str, str], hist: Histogram) -> None:
+    """Add ``hist`` to ``metric`` as Prometheus histogram samples (``le`` buckets, count, sum)."""
+    name = metric.name
+    for bound, count in zip(BUCKETS, hist.cumulative(BUCKETS), strict=True):
+        metric.add_sample(name + "_bucket", {**labels, "le": f"{bound:g}"}, count)
+    metric.add_sample(name + "_bucket", {**labels, "le": "+Inf"}, hist.count)
+    metric.add_sample(name + "_count", labels, hist.count)
+    metric.add_sample(name + "_sum", labels, hist.total)
 
 
 def _client() -> Any:
@@ -102,15 +117,9 @@ def prometheus_collector(handle: PipelineHandle, *, pipeline: str = "") -> Any:
             e2e = Metric(
                 "trioflow_end_to_end_latency_seconds",
                 "From hand-over by the source to settlement.",
-                "summary",
+                "histogram",
             )
-            name = "trioflow_end_to_end_latency_seconds"
-            for q, attr in _QUANTILES:
-                e2e.add_sample(
-                    name, {"pipeline": pipeline, "quantile": q}, getattr(report.end_to_end, attr)
-                )
-            e2e.add_sample(name + "_count", {"pipeline": pipeline}, report.end_to_end.count)
-            e2e.add_sample(name + "_sum", {"pipeline": pipeline}, run.meter.latency.total)
+            _histogram(e2e, {"pipeline": pipeline}, run.meter.latency)
             yield e2e
 
             sl = [*base, "stage"]
@@ -136,9 +145,8 @@ def prometheus_collector(handle: PipelineHandle, *, pipeline: str = "") -> Any:
             lat = Metric(
                 "trioflow_stage_latency_seconds",
                 "Per-item time in a stage (for a batch: the wait for the batch to leave).",
-                "summary",
+                "histogram",
             )
-            lname = "trioflow_stage_latency_seconds"
             for label, st in report.stages.items():
                 v = [*lv, label]
                 items.add_metric(v, st.count)
@@ -148,11 +156,7 @@ def prometheus_collector(handle: PipelineHandle, *, pipeline: str = "") -> Any:
                 in_flight.add_metric(v, st.in_flight)
                 queued.add_metric(v, st.queued)
                 capacity.add_metric(v, st.capacity)
-                labels = {"pipeline": pipeline, "stage": label}
-                for q, attr in _QUANTILES:
-                    lat.add_sample(lname, {**labels, "quantile": q}, getattr(st, attr))
-                lat.add_sample(lname + "_count", labels, st.count)
-                lat.add_sample(lname + "_sum", labels, run.histograms[label].total)
+                _histogram(lat, {"pipeline": pipeline, "stage": label}, run.histograms[label])
             yield from (items, stage_failed, busy, workers, in_flight, queued, capacity, lat)
 
             yield from _source_gauges(report.sources, base, lv)

@@ -33,6 +33,17 @@ class Histogram:
         self.count += weight
         self.total += seconds * weight
 
+    def cumulative(self, bounds: tuple[float, ...]) -> list[int]:
+        """Samples at or below each bound (Prometheus ``le`` buckets, cumulative; a sample
+        counts at its bucket's upper edge, within the histogram's 4% resolution)."""
+        counts = [0] * len(bounds)
+        for b, n in self.buckets.items():
+            edge = 0.0 if b == 0 else self._BASE * math.exp(self._STEP * b)
+            for i, bound in enumerate(bounds):
+                if edge <= bound * 1.04:  # a bucket straddling the bound counts below it
+                    counts[i] += n
+        return counts
+
     def quantile(self, q: float) -> float:
         """The value below which a fraction ``q`` of samples lie (0.0 when empty)."""
         if not self.count:

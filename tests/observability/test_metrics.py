@@ -156,7 +156,8 @@ async def test_prometheus_exposition(autojump_clock: trio.abc.Clock) -> None:
     assert 'trioflow_received_total{pipeline="p"} 10.0' in text
     assert 'trioflow_stage_items_total{pipeline="p",stage="sleep_1"} 4.0' in text
     assert 'trioflow_stage_workers{pipeline="p",stage="sleep_1"} 2.0' in text
-    assert 'trioflow_stage_latency_seconds{pipeline="p",quantile="0.99",stage="sleep_1"}' in text
+    assert 'trioflow_stage_latency_seconds_bucket{le="+Inf",pipeline="p",stage="sleep_1"}' in text
+    assert "# TYPE trioflow_stage_latency_seconds histogram" in text
     assert "trioflow_end_to_end_latency_seconds_count" in text
     assert 'trioflow_draining{pipeline="p"} 0.0' in text
 

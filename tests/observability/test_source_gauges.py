@@ -28,3 +28,21 @@ def test_one_family_per_figure_and_partitions_as_a_label() -> None:
         ("orders/0", 3.0),
         ("orders/1", 4.0),
     }
+
+
+def test_latencies_are_cumulative_histogram_buckets() -> None:
+    from trioflow._prometheus import BUCKETS
+    from trioflow._report import Histogram
+
+    hist = Histogram()
+    hist.add(0.0003, 10)  # 10 items of 0.3 ms
+    hist.add(0.02, 5)
+    hist.add(7.0, 1)
+    counts = dict(zip(BUCKETS, hist.cumulative(BUCKETS), strict=True))
+    assert counts[0.00025] == 0
+    assert counts[0.0005] == 10
+    assert counts[0.01] == 10
+    assert counts[0.025] == 15
+    assert counts[5.0] == 15
+    assert counts[10.0] == 16
+    assert list(counts.values()) == sorted(counts.values())  # cumulative
