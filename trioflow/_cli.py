@@ -403,6 +403,17 @@ async def _serve(
             outcome.scope.cancel()  # stop waiting for the end of a run that crashed
 
 
+def pipeline_name(target: str | None) -> str:
+    """The ``pipeline`` label of a CLI run: the target's file or module name, with the
+    attribute when it is not ``pipeline`` (``etl.py:pipeline`` -> ``etl``; ``jobs:daily`` ->
+    ``jobs:daily``); ``demo`` for the demo."""
+    if not target:
+        return "demo"
+    where, _, attr = target.rpartition(":") if ":" in target else (target, "", "pipeline")
+    stem = Path(where).stem if where.endswith(".py") else where
+    return stem if attr in ("", "pipeline") else f"{stem}:{attr}"
+
+
 class _Status:
     """A ``task_status`` that tells whether the run got as far as starting."""
 
@@ -421,7 +432,14 @@ async def _start_extras(
         host = opts.metrics_host
         with _bind_error("--metrics-port", opts.metrics_port):
             port = await nursery.start(
-                partial(serve_metrics, handle, port=opts.metrics_port, host=host, **remote)
+                partial(
+                    serve_metrics,
+                    handle,
+                    port=opts.metrics_port,
+                    host=host,
+                    pipeline=pipeline_name(getattr(opts, "target", None)),
+                    **remote,
+                )
             )
         shown = f"[{host}]" if ":" in host else host
         print(f"trioflow: metrics at http://{shown}:{port}/metrics", file=err, flush=True)

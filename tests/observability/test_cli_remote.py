@@ -160,3 +160,19 @@ def test_version_prints_the_version_and_exits_0() -> None:
     )
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"trioflow {trioflow.__version__}"
+
+
+def test_the_pipeline_label_defaults_to_the_target_name() -> None:
+    from trioflow._cli import pipeline_name
+
+    assert pipeline_name("examples/etl.py:pipeline") == "etl"
+    assert pipeline_name("examples/etl.py") == "etl"
+    assert pipeline_name("jobs.daily:orders") == "jobs.daily:orders"
+    assert pipeline_name(None) == "demo"
+    run = Running("--metrics-port", "0")
+    try:
+        run.wait_for("metrics")
+        text = httpx.get(run.urls["metrics"]).text
+        assert 'trioflow_received_total{pipeline="pipelines:endless"}' in text
+    finally:
+        assert run.stop() == 0
