@@ -202,7 +202,8 @@ def _metric_name(key: str) -> str:
 
 
 def prometheus_text(handle: PipelineHandle, *, pipeline: str = "") -> bytes:
-    """The Prometheus text exposition of ``handle``'s figures (what ``/metrics`` serves).
+    """The Prometheus text exposition of ``handle``'s figures and of the process (``process_*``:
+    CPU, memory, descriptors), which is what ``/metrics`` serves.
 
     Examples:
         >>> print(prometheus_text(handle).decode())
@@ -210,6 +211,8 @@ def prometheus_text(handle: PipelineHandle, *, pipeline: str = "") -> bytes:
     client = _client()
     registry = client.CollectorRegistry(auto_describe=False)
     registry.register(prometheus_collector(handle, pipeline=pipeline))
+    # the process's own figures (CPU seconds, resident memory, open descriptors; Linux)
+    client.ProcessCollector(registry=registry)
     text: bytes = client.generate_latest(registry)
     return text
 

@@ -46,3 +46,18 @@ def test_latencies_are_cumulative_histogram_buckets() -> None:
     assert counts[5.0] == 15
     assert counts[10.0] == 16
     assert list(counts.values()) == sorted(counts.values())  # cumulative
+
+
+async def test_metrics_text_has_the_process_figures() -> None:
+    import trio
+
+    import trioflow as tf
+    from trioflow._prometheus import prometheus_text
+
+    pipeline = tf.from_iterable(range(10)) | tf.sink(lambda x: None)
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(pipeline.serve)
+        text = prometheus_text(handle, pipeline="p").decode()
+    assert "process_resident_memory_bytes" in text
+    assert "process_open_fds" in text
+    assert 'trioflow_received_total{pipeline="p"}' in text
