@@ -28,7 +28,7 @@ from ._graph import Graph, graph_of, stage_kind, stage_order
 from ._groups import fatal_of, strip_cancelled
 from ._metrics import SNAPSHOT_VERSION, Meter, MeteredEntry, Rates, source_figures
 from ._operators import _batch, _process, _rate_limit, _route, _transform
-from ._operators._context import Emitter, StageContext, Terminal
+from ._operators._context import Emitter, StageContext, Terminal, bound
 from ._pipeline import Pipeline
 from ._queue import ChunkQueue
 from ._report import Histogram, RunReport, StageStats
@@ -445,7 +445,7 @@ async def run_pipeline(
                     for idx, node in enumerate(topology.nodes):
                         ctx = run.contexts[idx]
                         for fn in _node_tasks(node, queues[idx], target, drop, ctx):
-                            inner.start_soon(run.guard, node.label, fn)
+                            inner.start_soon(run.guard, node.label, bound(ctx, fn))
                     entry = target(topology.entry)
                     for _ in topology.sources:
                         entry.add_producer()

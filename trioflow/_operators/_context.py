@@ -1,13 +1,14 @@
 """What a stage's workers share: the settler, their figures, telemetry, and the emit target.
 
 Also how code running inside a stage call (a connector sink's own retry loop) reaches its stage:
-every worker binds its :class:`StageContext` in a context variable when it takes work, and trio
-copies it into tasks the call starts; :func:`note_retry` reads it.
+every task of a stage binds its :class:`StageContext` in a context variable when it starts
+(:func:`bound`), and trio copies it into the tasks and threads a call starts; :func:`note_retry`
+reads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, final
 
@@ -25,7 +26,7 @@ from .._validate import excerpt
 if TYPE_CHECKING:
     from .._metrics import Meter
 
-__all__ = ["Emitter", "StageContext", "Terminal", "note_retry"]
+__all__ = ["Emitter", "StageContext", "Terminal", "bound", "note_retry"]
 
 #: the stage whose call the current task is making (None outside a stage)
 _current: ContextVar[StageContext | None] = ContextVar("trioflow_stage", default=None)
@@ -177,13 +178,7 @@ class StageContext:
         self.draining: Callable[[], bool] = _never
 
     def chunk_start(self, items: int) -> None:
-        """A worker took ``items`` items (call once per chunk).
-
-        The first chunk of each worker task binds this context for :func:`note_retry` (later
-        chunks pay one context-variable read).
-        """
-        if _current.get() is not self:
-            _current.set(self)
+        """A worker took ``items`` items (call once per chunk)."""
         self.active += items
         if self.telemetry.has_stage_start:
             self.telemetry.emit("stage_start", self.label, items)
@@ -250,6 +245,17 @@ def note_item(exc: BaseException, label: str, value: Any) -> None:
         exc.add_note(f"{NOTE_PREFIX}{label!r}, item {excerpt(value, 200)}")
     except Exception:
         pass
+
+
+def bound(ctx: StageContext, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """Task ``fn`` of the stage of ``ctx``, which binds ``ctx`` for :func:`note_retry` once as
+    it starts (nothing per chunk or per item)."""
+
+    async def task() -> None:
+        _current.set(ctx)
+        await fn()
+
+    return task
 
 
 def note_retry(data: Any, attempt: int, exc: BaseException, delay: float) -> bool:

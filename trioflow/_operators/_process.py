@@ -148,7 +148,6 @@ def _with_timeout(fn: Call, timeout: float, label: str) -> Call:
 def _with_retry(fn: Call, is_async: bool, stage: Process[Any, Any], ctx: StageContext) -> Call:
     policy = stage.retry
     assert policy is not None
-    settler, telemetry = ctx.settler, ctx.telemetry
 
     async def retried(value: Any) -> Any:
         attempt = 1
@@ -163,9 +162,7 @@ def _with_retry(fn: Call, is_async: bool, stage: Process[Any, Any], ctx: StageCo
                     raise
                 _exception_event(ctx, value, exc)
                 delay = policy.backoff.delay(attempt)
-                settler.retried += 1
-                if telemetry.has_retry:
-                    telemetry.emit("retry", ctx.label, value, attempt + 1, exc, delay)
+                ctx.retried(value, attempt + 1, exc, delay)
             await trio.sleep(delay)
             attempt += 1
 
@@ -647,8 +644,10 @@ async def _intake(part: _Partitions, inq: ChunkQueue) -> None:
             values, origins = got
             failed = False
             for value, origin in zip(values, origins, strict=True):
+                # a messages=True stage: its key function and its call see the same message,
+                # built once here
+                arg = _view(lots, value, origin) if messages else value
                 try:
-                    arg = _view(lots, value, origin) if messages else value
                     key = checked_key(key_fn(arg), what)
                     hash(key)
                 except Exception as exc:
@@ -658,7 +657,7 @@ async def _intake(part: _Partitions, inq: ChunkQueue) -> None:
                     failed = True
                     continue
                 pool.held += 1
-                part.add(value, origin, key)
+                part.add(arg, origin, key)
             if failed:
                 await ctx.settler.room()
     finally:
@@ -670,7 +669,7 @@ async def _keyed_worker(part: _Partitions, call: Call, is_async: bool) -> None:
     pool = part.pool
     ctx, out, pending = pool.ctx, pool.out, pool.pending
     clock = trio.current_time
-    messages, take = pool.messages, pool.take
+    take = pool.take
     try:
         while True:
             got = part.next_item()
@@ -682,10 +681,9 @@ async def _keyed_worker(part: _Partitions, call: Call, is_async: bool) -> None:
                     return
                 await part.work.park()
                 continue
-            value, origin, key = got
+            arg, origin, key = got  # (a message already, for a messages=True stage)
             started = clock()
             ctx.chunk_start(1)
-            arg = _view(ctx.settler.lots, value, origin) if messages else value
             try:
                 result = await call(arg) if is_async else call(arg)
                 if not is_async and is_awaitable(result):
