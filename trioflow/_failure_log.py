@@ -17,7 +17,7 @@ from typing import Any, final
 
 import trio
 
-from ._message import reason_key
+from ._message import reason_key, reason_text
 from ._validate import excerpt
 
 __all__ = ["EVERY", "FIRST", "FailureLog"]
@@ -54,7 +54,7 @@ class FailureLog:
             logger.warning(
                 "trioflow: stage %r failed an item: %s%s; the item: %s",
                 stage,
-                f"{type(reason).__name__}: {reason}" if error is not None else reason,
+                reason_text(reason),
                 f" (the first {FIRST} such failures are logged, later ones counted every "
                 f"{EVERY:g} s)"
                 if seen == FIRST

@@ -163,6 +163,14 @@ def check_failure_options(on_failure: str, max_deliveries: int | None) -> None:
         raise ValueError(f"max_deliveries={max_deliveries!r} must be a positive integer or None")
 
 
+def reason_text(reason: BaseException | str | None) -> str:
+    """A failure reason as one line for a dead letter or a log: ``"ValueError: bad id"``, or
+    the string given to ``Message.fail``."""
+    if isinstance(reason, BaseException):
+        return f"{type(reason).__name__}: {reason}"
+    return str(reason)
+
+
 def reason_key(reason: BaseException | str | None) -> str:
     """The ``failed_by_reason`` key of a reason: an exception's class name, or the string.
 

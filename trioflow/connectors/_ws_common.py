@@ -66,12 +66,6 @@ async def _release(ws: WebSocketConnection) -> None:
         await trio.aclose_forcefully(stream)
 
 
-def _reason_text(reason: BaseException | str | None) -> str:
-    if isinstance(reason, BaseException):
-        return f"{type(reason).__name__}: {reason}"
-    return str(reason)
-
-
 def _decode(raw: str | bytes, format: Format) -> tuple[Any, BaseException | None]:
     if format != "json":
         return raw, None

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 import trio
 
 from .._message import Message
+from .._message import reason_text as _reason_text
 from .._sources import Outlet, Source
 from ._lazy import require
-from ._ws_common import _MIB, Format, _decode, _reason_text, logger
+from ._ws_common import _MIB, Format, _decode, logger
 
 if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection, WebSocketRequest

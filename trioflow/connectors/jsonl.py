@@ -29,6 +29,7 @@ import trio
 from .._decode import nesting_too_deep
 from .._exceptions import TrioflowError
 from .._message import Message
+from .._message import reason_text as _reason_text
 from .._sources import Outlet, Source
 from .._validate import describe
 
@@ -313,12 +314,6 @@ class JsonlSink:
 
     def __repr__(self) -> str:
         return f"JsonlSink({str(self.path)!r})"
-
-
-def _reason_text(reason: BaseException | str | None) -> str:
-    if isinstance(reason, BaseException):
-        return f"{type(reason).__name__}: {reason}"
-    return str(reason)
 
 
 def _append(path: Path, text: str) -> None:

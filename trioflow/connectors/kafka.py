@@ -55,6 +55,7 @@ from typing import Any, ClassVar, final
 import trio
 
 from .._message import ACTIONS, FailureAction, Message
+from .._message import reason_text as _reason_text
 from .._sources import Outlet, Source
 from ._lazy import require
 from ._offsets import PartitionOffsets
@@ -443,12 +444,6 @@ def _metadata(record: Any) -> dict[str, Any]:
         "headers": headers,
         "delivery_count": deliveries,
     }
-
-
-def _reason_text(reason: BaseException | str | None) -> str:
-    if isinstance(reason, BaseException):
-        return f"{type(reason).__name__}: {reason}"
-    return str(reason)
 
 
 @final

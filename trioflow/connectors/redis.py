@@ -57,6 +57,7 @@ from typing import Any, ClassVar, final
 import trio
 
 from .._message import FailureAction, Message, check_failure_options
+from .._message import reason_text as _reason_text
 from .._sources import Outlet, Source
 from ._lazy import require
 from ._reconnect import (
@@ -79,12 +80,6 @@ def connect(host: str = "127.0.0.1", port: int = 6379, **options: Any) -> Any:
     coredis = require("coredis", "redis")
     options.setdefault("decode_responses", True)
     return coredis.Redis(host=host, port=port, **options)
-
-
-def _reason_text(reason: BaseException | str | None) -> str:
-    if isinstance(reason, BaseException):
-        return f"{type(reason).__name__}: {reason}"
-    return str(reason)
 
 
 @final

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 import trio
 
-from .._message import FailureAction
+from .._message import FailureAction, reason_text
 from ._sim_faults import (
     BrokerFault,
     CrashConsumer,
@@ -688,11 +688,7 @@ class SimulatedBroker:
             st.outcome = action
             g.leased.pop(mid, None)
             if action == "dead_letter":
-                text = (
-                    f"{type(reason).__name__}: {reason}"
-                    if isinstance(reason, BaseException)
-                    else str(reason)
-                )
+                text = reason_text(reason)
                 self.publish(
                     dead_letter,
                     self._data(g, mid),
