@@ -341,9 +341,8 @@ class _KafkaRun(Source[bytes | None]):
             data.append(record.value())
             ids.append(ident)
             metas.append(meta)
-        if poison:
-            await out.send_many(poison)
-        await out.send_bulk(data, acknowledger=acker, ids=ids, metadata=metas)
+        # one hand-over: a drain cannot separate the poison records from the rest of the pull
+        await out.send_bulk(data, acknowledger=acker, ids=ids, metadata=metas, failed=poison)
 
     # -- committing -----------------------------------------------------------------------------
 
