@@ -20,6 +20,8 @@ from ._exceptions import InvalidPipeline as InvalidPipeline
 from ._exceptions import PipelineError as PipelineError
 from ._exceptions import StageTimeout as StageTimeout
 from ._exceptions import TrioflowError as TrioflowError
+from ._flow import Adaptive as Adaptive
+from ._flow import Breaker as Breaker
 from ._manager import ConsumerManager as ConsumerManager
 from ._manager import ConsumerStatus as ConsumerStatus
 from ._message import Message as Message
@@ -48,9 +50,11 @@ from ._stages import unbatch as unbatch
 
 __all__ = [
     "DEFAULT_BUFFER",
+    "Adaptive",
     "Backoff",
     "Batch",
     "BatchInfo",
+    "Breaker",
     "Consumer",
     "ConsumerContext",
     "ConsumerManager",

@@ -200,7 +200,7 @@ def graph_of(topology: Topology) -> Graph:
     for idx in order:
         node = topology.nodes[idx]
         stage = node.stage
-        workers = stage.n if isinstance(stage, Process) else 1
+        workers = stage.max_n if isinstance(stage, Process) else 1
         join = ""
         if isinstance(stage, Route) and not _all_branches_terminal(topology, idx):
             join = ids[node.next]

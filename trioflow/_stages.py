@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, final, overlo
 import attrs
 
 from . import _validate as v
+from ._flow import Adaptive, Breaker
 from ._retry import Retry
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ class Process(Stage[In, Out]):
     """``n`` concurrent calls of ``fn(item) -> item``; see :func:`process` and :func:`sink`."""
 
     fn: Callable[[Any], Any]
-    n: int = 1
+    n: int | Adaptive = 1
     ordered: bool = False
     partition_by: Callable[[Any], Hashable] | None = None
     retry: Retry | None = attrs.field(default=None, validator=_check_retry)
@@ -150,9 +151,11 @@ class Process(Stage[In, Out]):
     name: str | None = None
     terminal: bool = attrs.field(default=False, repr=False)
     parallel: bool = False
+    breaker: Breaker | None = None
 
     _options: ClassVar[frozenset[str]] = frozenset(
         {
+            "breaker",
             "n",
             "ordered",
             "partition_by",
@@ -174,7 +177,10 @@ class Process(Stage[In, Out]):
                 f"{where}({_name(self.fn)}): an async generator function yields several items "
                 "per input; use flat_map() for it (or use it as a source)"
             )
-        v.positive_int("n", self.n)
+        if not isinstance(self.n, Adaptive):
+            v.positive_int("n", self.n)
+        if self.breaker is not None and not isinstance(self.breaker, Breaker):
+            raise TypeError(f"{where}: breaker={self.breaker!r} must be a trioflow.Breaker or None")
         v.optional_callable("partition_by", self.partition_by, where)
         v.optional_positive_number("timeout", self.timeout)
         v.optional_positive_int("buffer", self.buffer)
@@ -205,6 +211,11 @@ class Process(Stage[In, Out]):
         """Whether ``fn`` is awaited (an ``async def`` function or callable)."""
         return _is_async_callable(self.fn)
 
+    @property
+    def max_n(self) -> int:
+        """The most calls the stage may run at once (``n``, or an :class:`Adaptive` limit's max)."""
+        return self.n.max if isinstance(self.n, Adaptive) else self.n
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """With only option keywords, a configured copy; otherwise call ``fn`` (for tests)."""
         return self.configure_or_call(self.fn, args, kwargs)
@@ -226,7 +237,7 @@ def _is_async_callable(fn: Any) -> bool:
 
 def process(
     fn: Callable[[In], Any],
-    n: int = 1,
+    n: int | Adaptive = 1,
     *,
     ordered: bool = False,
     partition_by: Callable[[In], Hashable] | None = None,
@@ -237,6 +248,7 @@ def process(
     messages: bool = False,
     name: str | None = None,
     parallel: bool = False,
+    breaker: Breaker | None = None,
 ) -> Process[In, Any]:
     """Run ``n`` concurrent calls of ``fn(item) -> item``.
 
@@ -248,6 +260,9 @@ def process(
     input order is kept; with ``ordered=True`` it is kept for any ``n``; with
     ``partition_by=key`` items of equal keys go through one at a time, in input order.
     ``buffer`` (items, default :data:`DEFAULT_BUFFER`) bounds the stage's input queue.
+    ``n=Adaptive(min, max)`` lets the limit follow the latency the calls see;
+    ``breaker=Breaker(...)`` pauses the sources while the calls keep failing
+    (docs/concepts/flow-control.md).
 
     Back-pressure: a worker that cannot hand its output on waits, holding its slot.
 
@@ -267,12 +282,13 @@ def process(
         name,
         False,
         parallel,
+        breaker,
     )
 
 
 def sink(
     fn: Callable[[In], Any],
-    n: int = 1,
+    n: int | Adaptive = 1,
     *,
     retry: Retry | None = None,
     timeout: float | None = None,
@@ -280,6 +296,7 @@ def sink(
     thread: bool = False,
     messages: bool = False,
     name: str | None = None,
+    breaker: Breaker | None = None,
 ) -> Process[In, None]:
     """A terminal stage: when ``fn(item)`` returns, every message in the item is acked.
 
@@ -289,7 +306,9 @@ def sink(
     Examples:
         >>> pipeline = from_iterable(rows) | batch(500, 1.0) | sink(save_rows)
     """
-    return Process(fn, n, False, None, retry, timeout, buffer, thread, messages, name, True)
+    return Process(
+        fn, n, False, None, retry, timeout, buffer, thread, messages, name, True, False, breaker
+    )
 
 
 @final

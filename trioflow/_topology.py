@@ -195,9 +195,9 @@ def _bound(topology: Topology, idx: int, stop: int, weight: int) -> tuple[int, i
             weight = out_weight
         elif isinstance(stage, Process) and stage.partition_by is not None:
             # dispatcher chunk, per-worker queues of buffer // n, and a chunk per worker
-            total += (2 * buf + 2 * max(buf, stage.n)) * weight
+            total += (2 * buf + 2 * max(buf, stage.max_n)) * weight
         elif isinstance(stage, Process):
-            total += (buf + max(buf, stage.n)) * weight
+            total += (buf + max(buf, stage.max_n)) * weight
         elif isinstance(stage, Unbatch):
             total += 2 * buf * weight  # its buffer and its chunk, of batches
             weight = 1

@@ -57,7 +57,7 @@ def tasks(
     stage = node.stage
     assert isinstance(stage, Process)
     call, is_async = make_call(stage, ctx)
-    n = stage.n
+    n = stage.max_n
     if stage.partition_by is not None:
         return _partitioned(node, stage, inq, out, ctx, call, is_async)
     ctx.workers = n
@@ -101,7 +101,7 @@ def _in_processes(fn: Call, stage: Process[Any, Any], label: str) -> Call:
     """``parallel=True``: each call runs in a trio-parallel worker process."""
     trio_parallel = require("trio_parallel", "parallel")
     # as many calls in flight as workers: the default limiter would cap them at the core count
-    limiter = trio.CapacityLimiter(stage.n)
+    limiter = trio.CapacityLimiter(stage.max_n)
     checked = False
 
     async def in_process(value: Any) -> Any:
@@ -315,8 +315,8 @@ class _Pool:
         out.hold(self.pending)
         self.ordered = stage.ordered
         #: items a worker takes in a row before it hands its results on and lets others run
-        self.take = max(1, buffer // stage.n)
-        self.cap = max(buffer, stage.n)
+        self.take = max(1, buffer // stage.max_n)
+        self.cap = max(buffer, stage.max_n)
         self.held = 0
         self.issued = 0
         self.handed = 0
@@ -547,11 +547,11 @@ def _partitioned(
     key_fn = stage.partition_by
     assert key_fn is not None
     part = _Partitions(ctx, out, stage, node.buffer, key_fn)
-    ctx.workers = stage.n
-    for _ in range(stage.n):
+    ctx.workers = stage.max_n
+    for _ in range(stage.max_n):
         out.add_producer()
     workers: list[Callable[[], Awaitable[None]]] = [
-        partial(_keyed_worker, part, call, is_async) for _ in range(stage.n)
+        partial(_keyed_worker, part, call, is_async) for _ in range(stage.max_n)
     ]
     return [partial(_intake, part, inq), *workers]
 
