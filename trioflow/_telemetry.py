@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -98,11 +99,24 @@ class Instrument:
     def source_reconnected(self, source: str, attempts: int, downtime: float) -> None:
         """``source`` is connected again after ``attempts`` tries and ``downtime`` seconds."""
 
+    def wrap_call(
+        self, stage: str, call: Callable[[Any], Awaitable[Any]]
+    ) -> Callable[[Any], Awaitable[Any]] | None:
+        """Wrap ``stage``'s calls (a ``process``/``sink`` stage), once when the run starts.
+
+        ``call`` takes the item's view, a :class:`~trioflow.Message` or (after a batch) a
+        :class:`~trioflow.Batch` of messages, and is awaited; return a function of the same
+        shape that awaits it (a tracer opens a span around it), or ``None`` to leave the stage
+        alone. Not an event: it is not called per item, and an instrument that raises here
+        stops the run.
+        """
+        return None
+
 
 _HOOKS = tuple(
     name
     for name in vars(Instrument)
-    if not name.startswith("_") and callable(vars(Instrument)[name])
+    if not name.startswith("_") and callable(vars(Instrument)[name]) and name != "wrap_call"
 )
 
 
@@ -198,6 +212,16 @@ class Telemetry:
             )
         self._instruments = [i for i in self._instruments if i is not instrument]
         self._rebuild()
+
+    def call_wrappers(
+        self, stage: str
+    ) -> list[Callable[[Callable[[Any], Awaitable[Any]]], Callable[[Any], Awaitable[Any]] | None]]:
+        """For each instrument that overrides ``wrap_call``, its wrapper of ``stage``'s calls."""
+        return [
+            partial(i.wrap_call, stage)
+            for i in self._instruments
+            if getattr(type(i), "wrap_call", None) is not Instrument.wrap_call
+        ]
 
     def __bool__(self) -> bool:
         return bool(self._instruments)

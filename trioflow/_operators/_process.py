@@ -40,6 +40,7 @@ from .._stages import Process
 from .._topology import Node
 from .._validate import describe
 from ._context import Emitter, StageContext
+from ._traced import traced
 
 __all__ = ["tasks"]
 
@@ -57,15 +58,19 @@ def tasks(
     stage = node.stage
     assert isinstance(stage, Process)
     call, is_async = make_call(stage, ctx)
+    views = stage.messages
+    wrappers = ctx.telemetry.call_wrappers(ctx.label)
+    if wrappers:  # an instrument (a tracer) sees each call with the item's message
+        call, is_async, views = traced(call, is_async, stage.messages, wrappers), True, True
     n = stage.max_n
     if stage.partition_by is not None:
-        return _partitioned(node, stage, inq, out, ctx, call, is_async)
+        return _partitioned(node, stage, inq, out, ctx, call, is_async, views)
     ctx.workers = n
     for _ in range(n):
         out.add_producer()
     if n == 1:
-        return [partial(worker, inq, out, ctx, call, is_async, node.buffer, stage.messages)]
-    pool = _Pool(ctx, out, stage, node.buffer)
+        return [partial(worker, inq, out, ctx, call, is_async, node.buffer, views)]
+    pool = _Pool(ctx, out, stage, node.buffer, views)
     return [partial(pool_worker, pool, inq, call, is_async) for _ in range(n)]
 
 
@@ -306,12 +311,17 @@ class _Pool:
     )
 
     def __init__(
-        self, ctx: StageContext, out: Emitter, stage: Process[Any, Any], buffer: int
+        self,
+        ctx: StageContext,
+        out: Emitter,
+        stage: Process[Any, Any],
+        buffer: int,
+        views: bool,
     ) -> None:
         self.ctx = ctx
         self.out = out
-        self.messages = stage.messages
-        self.pending = Pending(partial(_unwrap, ctx) if stage.messages else None, self._stolen)
+        self.messages = views  # calls take the item's view (messages=True, or traced)
+        self.pending = Pending(partial(_unwrap, ctx) if views else None, self._stolen)
         out.hold(self.pending)
         self.ordered = stage.ordered
         #: items a worker takes in a row before it hands its results on and lets others run
@@ -534,6 +544,7 @@ def _partitioned(
     ctx: StageContext,
     call: Call,
     is_async: bool,
+    views: bool,
 ) -> list[Callable[[], Awaitable[None]]]:
     """``partition_by``: any idle worker takes the oldest item whose key is not being worked on.
 
@@ -546,7 +557,7 @@ def _partitioned(
     """
     key_fn = stage.partition_by
     assert key_fn is not None
-    part = _Partitions(ctx, out, stage, node.buffer, key_fn)
+    part = _Partitions(ctx, out, stage, node.buffer, key_fn, views)
     ctx.workers = stage.max_n
     for _ in range(stage.max_n):
         out.add_producer()
@@ -569,6 +580,7 @@ class _Partitions:
         "by_key",
         "ended",
         "key_fn",
+        "key_of_message",
         "pool",
         "runnable",
         "seq",
@@ -583,9 +595,12 @@ class _Partitions:
         stage: Process[Any, Any],
         buffer: int,
         key_fn: Callable[[Any], Any],
+        views: bool,
     ) -> None:
-        self.pool = _Pool(ctx, out, stage, buffer)
+        self.pool = _Pool(ctx, out, stage, buffer, views)
         self.key_fn = key_fn
+        #: a messages=True stage's key function sees the message too (a traced one: the data)
+        self.key_of_message = stage.messages
         self.what = f"stage {ctx.label!r}: partition_by={describe(key_fn)}"
         self.by_key: dict[Any, deque[tuple[int, Any, Any]]] = {}
         #: (sequence number of the key's oldest item, key): keys are never compared
@@ -634,7 +649,8 @@ async def _intake(part: _Partitions, inq: ChunkQueue) -> None:
     ctx = pool.ctx
     key_fn, what = part.key_fn, part.what
     lots = ctx.settler.lots
-    messages = pool.messages  # a messages=True stage's key function sees the message too
+    messages = pool.messages  # calls take the item's view: built once here
+    key_of_message = part.key_of_message
     try:
         while True:
             await pool.room()
@@ -648,7 +664,7 @@ async def _intake(part: _Partitions, inq: ChunkQueue) -> None:
                 # built once here
                 arg = _view(lots, value, origin) if messages else value
                 try:
-                    key = checked_key(key_fn(arg), what)
+                    key = checked_key(key_fn(arg if key_of_message else value), what)
                     hash(key)
                 except Exception as exc:
                     if is_fatal(exc):
