@@ -18,6 +18,7 @@ import trioflow as tf
 from trioflow.abc import Outlet, Source
 from trioflow.connectors._offsets import PartitionOffsets
 from trioflow.testing import (
+    BrokerFault,
     CrashConsumer,
     DelayAcks,
     DuplicateDelivery,
@@ -267,7 +268,7 @@ def test_poison_handler_dead_lettering_a_good_message_is_caught_and_shrunk() -> 
 
     # no fault: nothing is redelivered, the bug hides
     check_service(build, fresh_broker(), "orders", expect=[])
-    schedule = [
+    schedule: list[BrokerFault] = [
         DelayAcks(0.2, after=0),
         DuplicateDelivery(3),
         CrashConsumer("c0", after=6),

@@ -49,7 +49,7 @@ def test_publish_partitions_by_key_and_ids() -> None:
 def test_source_options_are_validated() -> None:
     broker = SimulatedBroker()
     with pytest.raises(ValueError, match=r"^on_failure='drop' must be one of"):
-        broker.source("t", "g", on_failure="drop")  # type: ignore[arg-type]
+        broker.source("t", "g", on_failure="drop")
     with pytest.raises(ValueError, match=r"^max_deliveries=0 must be a positive integer or None$"):
         broker.source("t", "g", max_deliveries=0)
 

@@ -11,7 +11,8 @@
   letters) with faults (:class:`CrashConsumer`, :class:`DuplicateDelivery`,
   :class:`RestartBroker`, :class:`DelayAcks`, :class:`SlowPartition`), and
   :func:`check_service` that runs a service through them and checks it; the strategies
-  :func:`fault_schedules` and :func:`faults` draw schedules.
+  :func:`fault_schedules` and :func:`faults` draw schedules; :class:`SimulatedRedis` is a Redis
+  Streams client over the broker, to run the real ``RedisStreamSource`` through the faults.
 
 Examples:
     >>> from trioflow.testing import TestSource, check_pipeline
@@ -36,21 +37,22 @@ from ._push import Outcome as Outcome
 from ._push import PushSource as PushSource
 from ._push import test_batch as test_batch
 from ._push import test_message as test_message
-from ._service import BrokenInvariant as BrokenInvariant
-from ._service import ServiceExpect as ServiceExpect
-from ._service import ServiceResult as ServiceResult
-from ._service import ServiceViolation as ServiceViolation
 from ._service import check_service as check_service
 from ._service import check_service_async as check_service_async
+from ._service_types import BrokenInvariant as BrokenInvariant
+from ._service_types import ServiceExpect as ServiceExpect
+from ._service_types import ServiceResult as ServiceResult
+from ._service_types import ServiceViolation as ServiceViolation
 from ._sim_faults import BrokerFault as BrokerFault
 from ._sim_faults import CrashConsumer as CrashConsumer
 from ._sim_faults import DelayAcks as DelayAcks
 from ._sim_faults import DuplicateDelivery as DuplicateDelivery
 from ._sim_faults import RestartBroker as RestartBroker
 from ._sim_faults import SlowPartition as SlowPartition
+from ._sim_model import ConsumerCrashed as ConsumerCrashed
+from ._sim_model import Published as Published
+from ._sim_redis import SimulatedRedis as SimulatedRedis
 from ._sim_source import SimulatedSource as SimulatedSource
-from ._simulated import ConsumerCrashed as ConsumerCrashed
-from ._simulated import Published as Published
 from ._simulated import SimulatedBroker as SimulatedBroker
 from ._source import AckedTwice as AckedTwice
 from ._source import InFlightMeter as InFlightMeter
@@ -110,6 +112,7 @@ __all__ = [
     "ServiceResult",
     "ServiceViolation",
     "SimulatedBroker",
+    "SimulatedRedis",
     "SimulatedSource",
     "SlowPartition",
     "test_batch",

@@ -349,7 +349,7 @@ async def check_pipeline_async(
         except InvariantViolation as exc:
             raise _fail(pipeline, str(exc).split(":")[0], str(exc).partition(": ")[2]) from None
         expected = predicted if isinstance(predicted, Expected) else Expected(list(predicted))
-        _compare(pipeline, expected, outputs, acked, failed, report)
+        _compare(pipeline, expected, outputs, pulled, acked, failed, report)
 
     return CheckResult(
         report=report,
@@ -388,6 +388,7 @@ def _compare(
     pipeline: Pipeline,
     expected: Expected,
     outputs: list[Any],
+    pulled: list[Any],
     acked: list[Any],
     failed: list[tuple[Any, Any]],
     report: RunReport,
@@ -412,6 +413,15 @@ def _compare(
         spec = expected.failed
         actual = {_hashable(x) for x, _ in failed}
         missing = [x for x in spec if _hashable(x) not in actual]
+        seen = {_hashable(x) for x in pulled}
+        never = [x for x in missing if _hashable(x) not in seen]
+        if never:
+            raise _fail(
+                pipeline,
+                "invariant 3 (failures)",
+                f"items expected to fail were never pulled from the source: {_show(never)} "
+                f"(the model names items that are not in model(pulled): {_show(pulled)})",
+            )
         if missing:
             raise _fail(
                 pipeline,

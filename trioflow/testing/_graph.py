@@ -23,7 +23,7 @@ from .. import _sources, _stages
 from .._exceptions import InvalidPipeline
 from .._pipeline import Pipeline, compose
 from .._retry import Backoff, Retry
-from ._check import Expected, InvariantViolation
+from ._check import Expected
 from ._source import TestSource
 
 __all__ = [
@@ -368,7 +368,7 @@ def _build_chain(
         elif isinstance(s, RateLimitSpec):
             out.append(_stages.rate_limit(s.count, s.per, buffer=s.buffer))
         else:
-            branches = {}
+            branches: dict[Any, Any] = {}
             for k, sub in s.branches:
                 stages = _build_chain(sub, trace, faults)
                 branches[k] = Pipeline(tuple(stages))
@@ -441,8 +441,9 @@ class Graph:
         Raises :class:`InvariantViolation` for what it checks itself: batch sizes and keys,
         per-key order and exclusivity of ``partition_by``, sink inputs and their order.
         """
-        m = _Model(self, pulled)
-        return m.expected()
+        from ._graph_model import GraphModel
+
+        return GraphModel(self, pulled).expected()
 
 
 def _sids(chain: tuple[Any, ...]) -> set[int]:
@@ -461,223 +462,6 @@ def _sids(chain: tuple[Any, ...]) -> set[int]:
             for _, sub in s.branches:
                 out |= _sids(sub)
     return out
-
-
-@final
-class ReasonIs:
-    """Matches the :class:`PlannedFailure` of stage ``sid`` for ``ident`` (or a ``KeyError``)."""
-
-    def __init__(self, sid: int, ident: Ident | None) -> None:
-        self.sid = sid
-        self.ident = ident
-
-    def __call__(self, reason: Any) -> bool:
-        if self.ident is None:
-            return isinstance(reason, KeyError)
-        return (
-            isinstance(reason, PlannedFailure)
-            and reason.sid == self.sid
-            and reason.ident == self.ident
-        )
-
-    def __repr__(self) -> str:
-        if self.ident is None:
-            return f"KeyError from route #{self.sid}"
-        return f"PlannedFailure(#{self.sid}, {self.ident!r})"
-
-
-class _Model:
-    def __init__(self, graph: Graph, pulled: list[Any]) -> None:
-        self.graph = graph
-        self.trace = graph.trace
-        self.faults = graph._faults
-        self.pulled = pulled
-        self.reasons: dict[int, list[ReasonIs]] = defaultdict(list)
-        # a token's failure fails these source items: its own, and after an un-batching flat_map
-        # those of the whole batch (the batch is the children's parent)
-        self.fate: dict[Ident, frozenset[int]] = {}
-        self.retried = 0
-        self.saved: dict[int, list[Any]] = defaultdict(list)
-        self.sink_order: dict[int, bool] = {}
-
-    def violation(self, invariant: str, detail: str) -> InvariantViolation:
-        return InvariantViolation(f"{invariant}: {detail}\n  graph: {self.graph!r}")
-
-    def fate_of(self, t: Token) -> frozenset[int]:
-        return self.fate.get(t.ident) or frozenset((t.src,))
-
-    def fail(self, x: Any, reason: ReasonIs) -> None:
-        srcs: set[int] = set()
-        for t in x if isinstance(x, list) else [x]:
-            srcs |= self.fate_of(t)
-        for src in srcs:
-            self.reasons[src].append(reason)
-
-    def expected(self) -> Expected:
-        if self.trace.violations:
-            raise self.violation("invariant 2 (partition_by)", self.trace.violations[0])
-        by_src = {t.src: t for t in self.pulled}
-        ordered = self.graph.merge == 1
-        outputs, in_order = self.chain(self.graph.chain, list(self.pulled), ordered)
-        for sid, expect in self.saved.items():
-            got = self.trace.saved.get(sid, [])
-            diff = _diff(expect, got)
-            if diff:
-                raise self.violation("invariant 2 (sink inputs)", f"sink #{sid}: {diff}")
-            if self.sink_order.get(sid) and got != sorted(got, key=_order_key):
-                raise self.violation(
-                    "invariant 2 (order)", f"sink #{sid} saw {got!r}, out of input order"
-                )
-        unsaved = set(self.trace.saved) - set(self.saved)
-        if unsaved:
-            raise self.violation(
-                "invariant 2 (sink inputs)", f"sinks {unsaved} got unexpected items"
-            )
-        failed = {by_src[s]: tuple(r) for s, r in self.reasons.items()}
-        acked = [t for t in self.pulled if t.src not in self.reasons]
-        if in_order:
-            outputs.sort(key=_order_key)
-        return Expected(
-            outputs=outputs, ordered=in_order, acked=acked, failed=failed, retried=self.retried
-        )
-
-    def attempts_ok(self, sid: int, x: Any, retry: Retry | None, role: str = "call") -> bool:
-        """Whether the call succeeds (counting retries); on failure, record the reason."""
-        found, times = _fault_times(self.faults, sid, x)
-        if not found:
-            return True
-        attempts = retry.attempts if retry is not None and role == "call" else 1
-        if role == "call" and times is not None and times < attempts:
-            self.retried += times
-            return True
-        if role == "call":
-            self.retried += attempts - 1
-        self.fail(x, ReasonIs(sid, _ident(x)))
-        return False
-
-    def chain(
-        self, chain: tuple[Spec, ...], xs: list[Any], in_order: bool
-    ) -> tuple[list[Any], bool]:
-        for i, s in enumerate(chain):
-            if isinstance(s, ProcessSpec):
-                if s.key_sid is not None:
-                    kept = []
-                    for x in xs:
-                        if self.attempts_ok(s.key_sid, x, None, "key"):
-                            kept.append(x)
-                    xs = kept
-                    if s.n > 1 and in_order:
-                        self.check_partition_order(s)
-                out = []
-                for x in xs:
-                    if self.attempts_ok(s.sid, x, s.retry):
-                        out.append(_bump(x, s.delta))
-                if s.sink:
-                    self.saved[s.sid].extend(out)
-                    self.sink_order[s.sid] = in_order and s.n == 1
-                    return [], False
-                xs = out
-                if s.n > 1 and not s.ordered:
-                    in_order = False
-            elif isinstance(s, FilterSpec):
-                out = []
-                for x in xs:
-                    if self.attempts_ok(s.sid, x, None, "pred"):
-                        v = len(x) if isinstance(x, list) else x.value
-                        if v % s.mod != s.rem:
-                            out.append(x)
-                xs = out
-            elif isinstance(s, FlatMapSpec):
-                out = []
-                for x in xs:
-                    if self.attempts_ok(s.sid, x, None, "fn"):
-                        if s.kind == "list":
-                            shared = frozenset().union(*(self.fate_of(t) for t in x))
-                            for t in x:
-                                self.fate[t.ident] = shared
-                            out.extend(x)
-                        else:
-                            for j in range(x.value % (s.fanout + 1)):
-                                child = Token(x.src, (*x.path, j), x.value + j)
-                                self.fate[child.ident] = self.fate_of(x)
-                                out.append(child)
-                xs = out
-            elif isinstance(s, BatchSpec):
-                if s.key_mod is not None:
-                    xs = [x for x in xs if self.attempts_ok(s.sid, x, None, "key")]
-                    in_order = False
-                xs = self.batches(s, chain[i + 1], xs)
-            elif isinstance(s, RouteSpec):
-                in_order = False
-                parts: dict[int, list[Any]] = defaultdict(list)
-                keys = {k for k, _ in s.branches}
-                for x in xs:
-                    if not self.attempts_ok(s.sid, x, None, "key"):
-                        continue
-                    k = x.value % s.mod
-                    if k not in keys:
-                        self.fail(x, ReasonIs(s.sid, None))
-                        continue
-                    parts[k].append(x)
-                out = []
-                for k, sub in s.branches:
-                    got, _ = self.chain(sub, parts.get(k, []), False)
-                    out.extend(got)
-                xs = out
-        return xs, in_order
-
-    def batches(self, s: BatchSpec, observer: Any, xs: list[Any]) -> list[Any]:
-        seen = [b for b, _ in self.trace.calls.get(observer.sid, [])]
-        for b in seen:
-            if not isinstance(b, list) or not 0 < len(b) <= s.size:
-                raise self.violation(
-                    "invariant 6 (batch size)", f"batch #{s.sid} (size={s.size}) emitted {b!r}"
-                )
-            if s.key_mod is not None and len({t.value % s.key_mod for t in b}) > 1:
-                raise self.violation(
-                    "invariant 6 (batch keys)",
-                    f"batch #{s.sid} (key=mod{s.key_mod}) mixed keys in {b!r}",
-                )
-        diff = _diff(xs, [t for b in seen for t in b])
-        if diff:
-            raise self.violation(
-                "invariant 1 (batch contents)", f"batch #{s.sid}: items in vs batched out: {diff}"
-            )
-        return list(seen)
-
-    def check_partition_order(self, s: ProcessSpec) -> None:
-        per_key: dict[int, list[Token]] = defaultdict(list)
-        for x, _ in self.trace.calls.get(s.sid, []):
-            per_key[x.value % s.key_mod].append(x)
-        for key, seq in per_key.items():
-            if seq != sorted(seq, key=_order_key):
-                raise self.violation(
-                    "invariant 2 (partition_by order)",
-                    f"stage #{s.sid} called key {key} out of input order: {seq!r}",
-                )
-
-
-def _bump(x: Any, delta: int) -> Any:
-    if isinstance(x, list):
-        return [attrs.evolve(t, value=t.value + delta) for t in x]
-    return attrs.evolve(x, value=x.value + delta)
-
-
-def _order_key(x: Any) -> Any:
-    return (
-        _ident(x[0]) if isinstance(x, list) and x else _ident(x) if not isinstance(x, list) else ()
-    )
-
-
-def _diff(expected: list[Any], actual: list[Any]) -> str:
-    def h(v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v
-
-    e, a = Counter(map(h, expected)), Counter(map(h, actual))
-    missing, extra = e - a, a - e
-    if not missing and not extra:
-        return ""
-    return f"missing {list(missing.elements())[:8]!r}, unexpected {list(extra.elements())[:8]!r}"
 
 
 def neutral_backoff() -> Backoff:

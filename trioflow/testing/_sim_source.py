@@ -8,6 +8,8 @@ sources do.
 
 from __future__ import annotations
 
+# pyright: reportPrivateUsage=false
+# (a collaborator of SimulatedBroker: it reads and books the broker's private state)
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar, final

@@ -42,107 +42,21 @@ from ._sim_faults import (
     RestartBroker,
     SlowPartition,
 )
+from ._sim_model import (
+    AckObserver,
+    Consumer,
+    ConsumerCrashed,
+    Published,
+    Receipt,
+    _Group,
+    _now,
+    _Topic,
+)
 
 if TYPE_CHECKING:
     from ._sim_source import SimulatedSource
 
 __all__ = ["ConsumerCrashed", "Published", "Receipt", "SimulatedBroker"]
-
-#: a delivery's receipt: (message id, delivery count, connection generation)
-Receipt = tuple[str, int, int]
-#: a consumer connection's key: (topic, group, consumer)
-Consumer = tuple[str, str, str]
-
-
-class ConsumerCrashed(ConnectionError):
-    """The simulated consumer was crashed by a fault; its pipeline stops (as a killed process)."""
-
-
-def _now() -> float:
-    try:
-        return trio.current_time()
-    except RuntimeError:  # publishing before trio runs
-        return 0.0
-
-
-@final
-@attrs.frozen
-class Published:
-    """A message as the broker stores it.
-
-    Example:
-        >>> broker.messages("orders")[0]
-        Published(id='orders/0/0', topic='orders', partition=0, offset=0, data=b'...', ...)
-    """
-
-    id: str
-    topic: str
-    partition: int
-    offset: int
-    data: Any
-    key: Any = None
-    headers: Mapping[str, Any] = attrs.field(factory=dict)
-
-
-@final
-class _State:
-    """One message's state in one group."""
-
-    __slots__ = ("deliveries", "lease_until", "outcome", "owner")
-
-    def __init__(self) -> None:
-        self.deliveries = 0
-        self.owner: str | None = None
-        self.lease_until = math.inf
-        #: None (not settled), "acked", "dead_letter" or "discard"
-        self.outcome: str | None = None
-
-
-@final
-class _Group:
-    __slots__ = (
-        "cursor",
-        "forced",
-        "leased",
-        "name",
-        "ready_at",
-        "returned",
-        "states",
-        "topic",
-    )
-
-    def __init__(self, topic: _Topic, name: str) -> None:
-        self.topic = topic
-        self.name = name
-        self.states: dict[str, _State] = {}
-        #: per partition: the next offset never delivered
-        self.cursor = [0] * len(topic.logs)
-        #: per partition: offsets visible again (a lease expired, a redeliver, a restart)
-        self.returned: list[set[int]] = [set() for _ in topic.logs]
-        #: message id -> state, for messages leased (or waiting for a delayed redelivery)
-        self.leased: dict[str, _State] = {}
-        #: per partition: offsets a fault delivers once more, settled or not
-        self.forced: list[set[int]] = [set() for _ in topic.logs]
-        #: per partition: when a slow partition may hand out its next chunk
-        self.ready_at = [-math.inf] * len(topic.logs)
-
-    def state(self, mid: str) -> _State:
-        st = self.states.get(mid)
-        if st is None:
-            st = self.states[mid] = _State()
-        return st
-
-
-@final
-class _Topic:
-    __slots__ = ("logs", "name")
-
-    def __init__(self, name: str, partitions: int) -> None:
-        self.name = name
-        self.logs: list[list[Published]] = [[] for _ in range(partitions)]
-
-
-AckObserver = Callable[[str, str, int, str, Any, bool], None]
 
 
 @final
@@ -200,6 +114,9 @@ class SimulatedBroker:
         self.duplicated: set[tuple[str, str]] = set()
         #: (topic, message id) of messages delivered again because a lease expired
         self.expired: set[tuple[str, str]] = set()
+        #: (topic, message id) of messages a consumer claimed from another that still held
+        #: them (a simulated client's XCLAIM after ``claim_idle``)
+        self.claimed_in_flight: set[tuple[str, str]] = set()
         #: what happened: (time, event, detail)
         self.log: list[tuple[float, str, str]] = []
         self.deliveries = 0
@@ -215,6 +132,10 @@ class SimulatedBroker:
         #: called on every ack of a successful delivery: (topic, id, delivery count, consumer,
         #: data, stale)
         self.ack_observers: list[AckObserver] = []
+        #: state of simulated clients kept with the broker (e.g. the Redis consumer groups)
+        self._extensions: dict[str, Any] = {}
+        #: (topic, id a client gave a message) -> the message's broker id
+        self._aliases: dict[tuple[str, str], str] = {}
         #: called when a consumer crashes: (group, consumer)
         self.crash_observers: list[Callable[[str, str], None]] = []
 
@@ -266,7 +187,9 @@ class SimulatedBroker:
         log = t.logs[partition]
         offset = len(log)
         mid = f"{topic}/{partition}/{offset}"
-        log.append(Published(mid, topic, partition, offset, data, key, dict(headers or {})))
+        message = Published(mid, topic, partition, offset, data, key, dict(headers or {}))
+        log.append(message)
+        t.order.append(message)
         self._notify()
         return mid
 
@@ -321,6 +244,7 @@ class SimulatedBroker:
         for name, t in self._topics.items():
             copy = _Topic(name, len(t.logs))
             copy.logs = [list(log) for log in t.logs]
+            copy.order = list(t.order)
             other._topics[name] = copy
         return other
 
@@ -506,80 +430,9 @@ class SimulatedBroker:
         count: int,
         partitions: Sequence[int] | None,
     ) -> list[tuple[Published, int, Receipt]]:
-        """Lease up to ``count`` visible messages to ``consumer``: (message, delivery count,
-        receipt) each."""
-        now = _now()
-        if now < self._down_until:
-            return []
-        g = self._group(topic, group)
-        self._expire(g, now)
-        logs = g.topic.logs
-        n = len(logs)
-        start = self._rng.randrange(n)
-        order = [(start + i) % n for i in range(n)]
-        if partitions is not None:
-            order = [p for p in order if p in partitions]
-        key = (topic, group, consumer)
-        gen = self._generation.get(key, 0)
-        held = self._outstanding.setdefault(key, {})
-        taken: list[tuple[Published, int, Receipt]] = []
-        again: list[tuple[int, int]] = []
-        due = False
-        for p in order:
-            if len(taken) >= count or due:
-                break
-            if g.ready_at[p] > now:
-                continue
-            before = len(taken)
-            log = logs[p]
-            while len(taken) < count and not due:
-                returned, forced = g.returned[p], g.forced[p]
-                is_forced = bool(forced)
-                if forced:
-                    offset = min(forced)
-                    forced.discard(offset)
-                    returned.discard(offset)
-                elif returned:
-                    offset = min(returned)
-                    returned.discard(offset)
-                elif g.cursor[p] < len(log):
-                    offset = g.cursor[p]
-                    g.cursor[p] += 1
-                else:
-                    break
-                msg = log[offset]
-                st = g.state(msg.id)
-                if st.outcome is not None and not is_forced:
-                    continue
-                st.deliveries += 1
-                if st.outcome is None:
-                    st.owner = consumer
-                    st.lease_until = now + self.visibility_timeout
-                    g.leased[msg.id] = st
-                held[msg.id] = st.deliveries
-                taken.append((msg, st.deliveries, (msg.id, st.deliveries, gen)))
-                self.deliveries += 1
-                if msg.id in self._dup_ids:
-                    self._dup_ids.discard(msg.id)
-                    self.duplicated.add((topic, msg.id))
-                    again.append((p, offset))
-                # a fault due at this delivery ends the chunk, so it fires exactly here
-                due = self._due(topic, group, consumer, len(taken))
-            slow = self._slow.get((topic, p))
-            if slow is not None and len(taken) > before:
-                g.ready_at[p] = now + slow
-        for p, offset in again:
-            g.forced[p].add(offset)
-            self._record(now, "duplicate", logs[p][offset].id)
-        if taken:
-            self._record(
-                now,
-                "deliver",
-                f"{group}/{consumer}: " + " ".join(f"{m.id}#{d}" for m, d, _ in taken),
-            )
-            self._count_deliveries(topic, group, consumer, len(taken))
-            self._fire(now)
-        return taken
+        from ._sim_take import take
+
+        return take(self, topic, group, consumer, count, partitions)
 
     def _due(self, topic: str, group: str, consumer: str, taken: int) -> bool:
         if self._armed and self._armed[0][0] <= self.deliveries:
