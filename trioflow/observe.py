@@ -8,6 +8,8 @@ Every run keeps its figures (see docs/observability.md); this module serves and 
 * :func:`serve_dashboard`: the live web page (needs ``trioflow[dashboard]``), loopback only.
 * :func:`graph`: the stage graph, as data, text (:meth:`Graph.text`) or Mermaid
   (:meth:`Graph.mermaid`).
+* :class:`OpenTelemetry`: an instrument tracing each message through each stage (needs
+  ``trioflow[otel]``; see docs/tracing.md).
 
 Examples:
     >>> from trioflow.observe import serve_dashboard, serve_metrics
@@ -26,12 +28,14 @@ from ._metrics import SNAPSHOT_VERSION as SNAPSHOT_VERSION
 from ._prometheus import prometheus_collector as prometheus_collector
 from ._prometheus import prometheus_text as prometheus_text
 from ._prometheus import serve_metrics as serve_metrics
+from ._tracing import OpenTelemetry as OpenTelemetry
 
 __all__ = [
     "SNAPSHOT_VERSION",
     "Graph",
     "GraphEdge",
     "GraphNode",
+    "OpenTelemetry",
     "graph",
     "prometheus_collector",
     "prometheus_text",

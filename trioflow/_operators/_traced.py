@@ -13,34 +13,35 @@ pay nothing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from .._awaitables import is_awaitable
 from .._batches import Batch
 from .._message import Message
 
-__all__ = ["ViewCall", "traced"]
+__all__ = ["ViewCall", "traced", "wrapped_call"]
 
 #: a call of the item's view (a ``Message``, or a ``Batch`` of messages) that is awaited
 ViewCall = Callable[[Any], Awaitable[Any]]
 
 
+def _is_message(value: object) -> TypeGuard[Message[Any]]:
+    return isinstance(value, Message)
+
+
+def _is_messages(value: object) -> TypeGuard[list[Message[Any]]]:
+    return isinstance(value, list)  # a batch's view: its members' messages
+
+
 def _data(view: Any) -> Any:
-    if isinstance(view, Message):
+    if _is_message(view):
         return view.data
-    if isinstance(view, list):  # a batch's view: its members' messages
+    if _is_messages(view):
         return Batch([m.data for m in view], view.info if isinstance(view, Batch) else None)
     return view
 
 
-def traced(
-    fn: Callable[[Any], Any],
-    is_async: bool,
-    messages: bool,
-    wrappers: list[Callable[[ViewCall], ViewCall | None]],
-) -> ViewCall:
-    """``fn`` as a call of views, wrapped by each of ``wrappers`` (innermost first)."""
-
+def _innermost(fn: Callable[[Any], Any], is_async: bool, messages: bool) -> ViewCall:
     async def call(view: Any) -> Any:
         result = fn(view if messages else _data(view))
         if is_async or is_awaitable(result):
@@ -50,9 +51,35 @@ def traced(
         # a stage of plain data: its result goes on as that message's (or that batch's) data
         return view.replace(result) if isinstance(view, Message) else Message(result)
 
-    wrapped: ViewCall = call
+    return call
+
+
+def wrapped_call(
+    fn: Callable[[Any], Any],
+    is_async: bool,
+    messages: bool,
+    wrappers: list[Callable[[ViewCall], ViewCall | None]],
+) -> ViewCall | None:
+    """``fn`` as a call of views, wrapped by each of ``wrappers`` (innermost first); ``None``
+    when every wrapper declines (returns ``None``): the stage then keeps its plain calls and
+    builds no views, so an instrument that wraps nothing (a tracer with a no-op provider) costs
+    nothing."""
+    call = _innermost(fn, is_async, messages)
+    wrapped = call
     for wrap in wrappers:
         got = wrap(wrapped)
         if got is not None:
             wrapped = got
-    return wrapped
+    return None if wrapped is call else wrapped
+
+
+def traced(
+    fn: Callable[[Any], Any],
+    is_async: bool,
+    messages: bool,
+    wrappers: list[Callable[[ViewCall], ViewCall | None]],
+) -> ViewCall:
+    """``fn`` as a call of views, wrapped by each of ``wrappers`` (innermost first); the bare
+    call of views when all decline (see :func:`wrapped_call`, which tells that case apart)."""
+    got = wrapped_call(fn, is_async, messages, wrappers)
+    return got if got is not None else _innermost(fn, is_async, messages)

@@ -21,6 +21,7 @@ from .._message import Message
 from .._message import reason_text as _reason_text
 from .._sources import Outlet, Source
 from ._lazy import require
+from ._trace_context import TRACEPARENT, TRACESTATE, from_header_pairs
 from ._ws_common import _MIB, Format, _decode, logger
 
 if TYPE_CHECKING:
@@ -112,6 +113,8 @@ class _Client:
         self.replies, self._pending = trio.open_memory_channel[str](max_in_flight)
         self.reading = trio.CancelScope()
         self.done = trio.Event()
+        #: the trace context of the handshake's headers (``traceparent``, ``tracestate``)
+        self.trace: dict[str, str] = {}
 
     async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
         for m in successful:
@@ -159,8 +162,9 @@ class WebSocketServerSource(Source[Any]):
     once (``id`` null when it has none); so is JSON nested too deeply for Python's parser
     (``"ValueError: JSON nesting too deep"``). With ``envelope=False`` each frame is an event
     (decoded from JSON with ``format="json"``, else ``str``/``bytes``) and its id is its 1-based
-    position on the connection. Metadata: ``id``, ``peer`` (``"host:port"``) and ``connection``
-    (a number).
+    position on the connection. Metadata: ``id``, ``peer`` (``"host:port"``), ``connection``
+    (a number) and the W3C trace context ``OpenTelemetry`` continues, ``traceparent`` (and
+    ``tracestate``): an envelope's own ``"traceparent"`` member, else the handshake's header.
 
     Hostile or broken clients: whatever one connection does (leave mid-handshake, send garbage,
     vanish) ends that connection only, never the run.
@@ -430,7 +434,7 @@ class _ServerRun(Source[Any]):
                     "handshake", f"closed {peer}: no handshake in {spec.handshake_timeout:g}s"
                 )
             if ws is not None:
-                await self._serve_client(ws, peer)
+                await self._serve_client(ws, peer, from_header_pairs(request.headers))
             nursery.cancel_scope.cancel()  # the reader, if the close handshake did not end it
 
     def _origin_refusal(self, request: WebSocketRequest) -> str | None:
@@ -462,9 +466,12 @@ class _ServerRun(Source[Any]):
             return f"host {host!r} is not a loopback name (DNS rebinding?); see allowed_origins"
         return None
 
-    async def _serve_client(self, ws: WebSocketConnection, peer: str) -> None:
+    async def _serve_client(
+        self, ws: WebSocketConnection, peer: str, trace: dict[str, str]
+    ) -> None:
         tw = require("trio_websocket", "websocket")
         client = _Client(ws, next(self._numbers), peer, self.spec.max_in_flight)
+        client.trace = trace
         self.clients.add(client)
         try:
             async with trio.open_nursery() as nursery:
@@ -500,13 +507,23 @@ class _ServerRun(Source[Any]):
         spec = self.spec
         data, bad = _decode(raw, spec.format)
         ident: Any = None if spec.envelope else position
+        trace = client.trace  # the handshake's trace context, if it had one
         if spec.envelope and bad is None:
             if isinstance(data, dict) and "id" in data and "data" in data:
+                event: dict[str, Any] = data
+                parent = event.get(TRACEPARENT)
+                if isinstance(parent, str):  # this event's own trace context
+                    trace = {TRACEPARENT: parent}
+                    state = event.get(TRACESTATE)
+                    if isinstance(state, str):
+                        trace[TRACESTATE] = state
                 ident, data = data["id"], data["data"]
             else:
                 ident = data.get("id") if isinstance(data, dict) else None
                 bad = ValueError('an event must be a JSON object {"id": ..., "data": ...}')
-        meta = {"id": ident, "peer": client.peer, "connection": client.number}
+        meta: dict[str, Any] = {"id": ident, "peer": client.peer, "connection": client.number}
+        if trace:
+            meta.update(trace)
         message = Message(data, meta, client)
         return message.fail(bad) if bad is not None else message
 

@@ -45,6 +45,7 @@ from .._retry import Backoff, Retry
 from .._sources import Outlet, Source
 from ._json import jsonable as _jsonable
 from ._lazy import require
+from ._trace_context import outgoing
 
 if TYPE_CHECKING:
     import httpx
@@ -493,6 +494,11 @@ class HttpSink:
     the retries. A POST retried after a timeout may reach the server twice: make the endpoint
     idempotent (an id in the body) for exactly-once effects.
 
+    Each request carries a ``traceparent`` header (unless ``headers`` or ``request`` set one):
+    the current span's (a stage traced by ``OpenTelemetry``), else, for
+    :class:`~trioflow.Message` items (a ``messages=True`` sink, whose data is sent), the
+    message's own (a batch sent as one request: its first message's).
+
     ``concurrency`` defaults to the client's pool size (``limits.max_connections``) when it can
     be read, else 10; ``tf.sink(out, n=...)`` workers share it. While every slot is busy a call
     waits, so back-pressure reaches the pipeline. Cancelling a call (a hard stop) abandons its
@@ -544,20 +550,25 @@ class HttpSink:
         return self._sender.retried
 
     async def __call__(self, item: Any) -> None:
-        if isinstance(item, list) and self.batch == "each":
-            if not item:
+        if not isinstance(item, list):
+            (item,), (context,) = outgoing([item])
+            await self._send_one(item, context)
+            return
+        items, contexts = outgoing(item)
+        if self.batch == "each":
+            if not items:
                 return
             errors: list[HttpError] = []
 
-            async def one(x: Any) -> None:
+            async def one(x: Any, context: dict[str, str] | None) -> None:
                 try:
-                    await self._send_one(x)
+                    await self._send_one(x, context)
                 except HttpError as error:
                     errors.append(error)
 
             async with trio.open_nursery() as nursery:
-                for x in item:
-                    nursery.start_soon(one, x)
+                for x, context in zip(items, contexts, strict=True):
+                    nursery.start_soon(one, x, context)
             if errors:
                 # the call fails as a whole (every message of the batch); name the first error
                 first = errors[0]
@@ -566,14 +577,23 @@ class HttpSink:
                 more = f" (and {len(errors) - 1} more of {len(item)})"
                 raise type(first)(*_args(first, more)) from first
             return
-        await self._send_one(item)
+        # one request for the batch: the current span's context, else its first message's
+        await self._send_one(items, contexts[0] if contexts else None)
 
-    async def _send_one(self, item: Any) -> None:
+    async def _send_one(self, item: Any, context: dict[str, str] | None) -> None:
         def build() -> httpx.Request:
             if self.request is not None:
-                return self.request(self.client, item)
+                request = self.request(self.client, item)
+                if context:
+                    for name, value in context.items():
+                        if name not in request.headers:
+                            request.headers[name] = value
+                return request
             body = json.dumps(item, default=self.encode).encode()
             headers = {"Content-Type": "application/json", **self.headers}
+            if context:
+                for name, value in context.items():
+                    headers.setdefault(name, value)
             return self.client.build_request(self.method, self.url, content=body, headers=headers)
 
         async with self._slots:

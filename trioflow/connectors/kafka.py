@@ -32,7 +32,10 @@ Semantics of :class:`KafkaSource` (at-least-once):
 
 Message data is the record's value (``bytes``, or ``None`` for a tombstone); metadata has
 ``topic``, ``partition``, ``offset``, ``key``, ``timestamp`` (ms, or ``None``), ``headers``
-(a dict of bytes) and ``delivery_count``. To keep order per record key, key the stage by it
+(a dict of bytes), ``delivery_count`` and, when the record has a ``traceparent`` header, the
+W3C trace context as text in ``traceparent`` (and ``tracestate``), which ``OpenTelemetry``
+continues; :class:`KafkaSink` writes the current span's (or the message's own) as a
+``traceparent`` header. To keep order per record key, key the stage by it
 (the key function of a ``messages=True`` stage receives the message)::
 
     source | tf.process(handle, n=64, partition_by=record_key, messages=True)
@@ -60,6 +63,7 @@ from .._sources import Outlet, Source
 from ._lazy import require
 from ._offsets import PartitionOffsets
 from ._thread import DedicatedThread
+from ._trace_context import TRACEPARENT, from_headers, outgoing
 
 __all__ = ["KafkaSink", "KafkaSource", "record_key"]
 
@@ -434,7 +438,7 @@ def _metadata(record: Any) -> dict[str, Any]:
     except ValueError:
         deliveries = 1
     kind, stamp = record.timestamp()
-    return {
+    meta = {
         "topic": record.topic(),
         "partition": record.partition(),
         "offset": record.offset(),
@@ -443,6 +447,9 @@ def _metadata(record: Any) -> dict[str, Any]:
         "headers": headers,
         "delivery_count": deliveries,
     }
+    if headers and TRACEPARENT in headers:
+        from_headers(headers, meta)
+    return meta
 
 
 @final
@@ -598,7 +605,9 @@ class KafkaSink:
 
     The producer is idempotent (``enable.idempotence``) unless ``client_options`` say otherwise.
     Values: ``bytes`` as they are, ``str`` UTF-8 encoded, anything else as JSON. ``key`` makes
-    each record's key from the item (``None``: no key).
+    each record's key from the item (``None``: no key). Each record gets a ``traceparent``
+    header: the current span's (a stage traced by ``OpenTelemetry``), else, for a
+    :class:`~trioflow.Message` item (a ``messages=True`` sink, whose data is sent), its own.
 
     Examples:
         >>> pipeline = source | tf.batch(500, 0.5) | tf.sink(KafkaSink("enriched", key=by_user))
@@ -621,11 +630,16 @@ class KafkaSink:
         self.produced = 0
 
     async def __call__(self, item: Any) -> None:
-        items = item if isinstance(item, list) else [item]
+        items, contexts = outgoing(item if isinstance(item, list) else [item])
         key = self.key
         records = [
-            (self.topic, _value_bytes(key(x)) if key else None, _value_bytes(x), None)
-            for x in items
+            (
+                self.topic,
+                _value_bytes(key(x)) if key else None,
+                _value_bytes(x),
+                [(k, v.encode()) for k, v in context.items()] if context else None,
+            )
+            for x, context in zip(items, contexts, strict=True)
         ]
         if records:
             await self._producer.send(records)

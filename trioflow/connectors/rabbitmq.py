@@ -50,7 +50,9 @@ Semantics of :class:`RabbitQueueSource` (at-least-once, as the broker's acknowle
 Message data is the body (``bytes``); ``tf.decode`` turns JSON bodies into typed values. Metadata:
 ``delivery_tag``, ``redelivered``, ``delivery_count``, ``deliveries``, ``exchange``,
 ``routing_key``, ``queue``, ``headers`` and the message properties that are set (``message_id``,
-``content_type``, ``correlation_id``, ...).
+``content_type``, ``correlation_id``, ...); a ``traceparent`` (and ``tracestate``) header is also
+copied to ``metadata["traceparent"]``, the trace context ``OpenTelemetry`` continues, and
+:func:`publish` sends the current span's.
 
 Examples:
     >>> source = RabbitQueueSource("payments", host="127.0.0.1", port=5672, prefetch=200)
@@ -82,6 +84,7 @@ from ._rabbit_client import (
     publish,
 )
 from ._reconnect import Reconnect, keep_connected
+from ._trace_context import TRACEPARENT, from_headers
 
 __all__ = [
     "ConnectionLost",
@@ -665,6 +668,8 @@ class _RabbitRun(Source[bytes]):
             "queue": self.spec.queue,
             "headers": headers,
         }
+        if headers and TRACEPARENT in headers:
+            from_headers(headers, meta)
         for prop in PROPERTIES:
             value = getattr(header, prop, None)
             if value is not None:

@@ -35,7 +35,10 @@ Semantics of :class:`RedisStreamSource` (at-least-once):
 
 Message data is the entry's fields as ``dict[str, str]``; metadata has ``id``, ``stream``,
 ``delivery_count`` (1 for a fresh read; the group's count of deliveries for a re-read or claimed
-entry) and ``deliveries`` (the same number, its older name).
+entry), ``deliveries`` (the same number, its older name) and, when the entry has a
+``traceparent`` field, ``traceparent`` (and ``tracestate``): the W3C trace context that
+:class:`~trioflow.observe.OpenTelemetry` continues. :class:`RedisStreamSink` writes the current
+span's ``traceparent`` (or the message's own) as a field of each entry.
 
 Examples:
     >>> source = RedisStreamSource("events", "importers", "worker-1", host="127.0.0.1", port=6379)
@@ -67,6 +70,7 @@ from ._reconnect import (
     is_transient,
     keep_connected,
 )
+from ._trace_context import TRACEPARENT, from_headers, outgoing
 
 __all__ = ["RedisStreamSink", "RedisStreamSource", "connect"]
 
@@ -579,16 +583,19 @@ class _RedisRun(Source[dict[str, str]]):
                 "delivery_count": deliveries,
                 "deliveries": deliveries,
             }
+            fields = dict(entry.field_values)
+            if TRACEPARENT in fields:
+                from_headers(fields, meta)
             if limit is not None and deliveries > limit:
                 # handed over already failed: straight to failure handling, never to a stage
                 poison.append(
-                    Message(dict(entry.field_values), meta, acker).fail(
+                    Message(fields, meta, acker).fail(
                         f"poison: delivered {deliveries} times (max_deliveries={limit})",
                         action="dead_letter",
                     )
                 )
                 continue
-            data.append(dict(entry.field_values))
+            data.append(fields)
             ids.append(entry.identifier)
             metas.append(meta)
         self.inflight.update(ids)
@@ -605,6 +612,9 @@ class RedisStreamSink:
 
     ``client`` is an entered coredis client (see :func:`connect`). Items are mappings of fields
     (or anything ``fields(item)`` turns into one). ``maxlen`` trims the stream approximately.
+    Each entry gets a ``traceparent`` field: the current span's (a stage traced by
+    ``OpenTelemetry``), else, for a :class:`~trioflow.Message` item (a ``messages=True`` sink,
+    whose data is written), its own.
 
     Examples:
         >>> async with connect(port=6379) as client:
@@ -636,10 +646,14 @@ class RedisStreamSink:
                 "threshold": self.maxlen,
                 "trim_operator": coredis.PureToken.APPROXIMATELY,
             }
+        data, contexts = outgoing(items)
         pipe = self.client.pipeline(transaction=False)
         async with pipe:
-            for x in items:
-                pipe.xadd(self.stream, {k: str(v) for k, v in self.fields(x).items()}, **trim)
+            for x, context in zip(data, contexts, strict=True):
+                entry = {k: str(v) for k, v in self.fields(x).items()}
+                if context:
+                    entry.update(context)
+                pipe.xadd(self.stream, entry, **trim)
         self.written += len(items)
 
     @property
