@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -42,3 +43,53 @@ def test_import_events_end_to_end_and_resume(tmp_path: Path) -> None:
     assert "received          0" in second.stdout
     with closing(sqlite3.connect(tmp_path / "events.db")) as db:
         assert db.execute("SELECT count(*) FROM events").fetchone()[0] == rows[0]
+
+
+def test_orders_through_the_cli_run_and_graph(tmp_path: Path) -> None:
+    script = str(EXAMPLES / "orders.py")
+    db = tmp_path / "orders.db"
+    env = {**os.environ, "ORDERS_DB": str(db)}
+    command = [sys.executable, "-m", "trioflow"]
+    graph = subprocess.run(
+        [*command, "graph", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert graph.returncode == 0, graph.stderr
+    assert [line.split()[1] for line in graph.stdout.splitlines()[1:]] == [
+        "receive",
+        "validate",
+        "price",
+        "batch(100,",
+        "save",
+    ]
+    run = subprocess.run(
+        [*command, "run", script, "--json", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert run.returncode == 1  # some orders failed: the default --failed-exit-code
+    report = json.loads(run.stdout)
+    malformed = sum(1 for i in range(2000) if i % 97 == 5)
+    assert (report["received"], report["failed"]) == (2000, malformed)
+    assert report["failed_by_reason"] == {"KeyError": malformed}
+    assert report["acked"] == 2000 - malformed
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 2000 - malformed
+    # the failures were logged with the user's line, not only counted
+    assert "stage 'validate' failed an item: KeyError: 'amount'" in run.stderr
+
+
+def test_redis_workers_graph() -> None:
+    # running it needs Redis: tests/test_workers.py runs it under --workers against a real one
+    graph = subprocess.run(
+        [sys.executable, "-m", "trioflow", "graph", str(EXAMPLES / "redis_workers.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "TRIOFLOW_WORKER": "3"},
+    )
+    assert graph.returncode == 0, graph.stderr
+    assert graph.stdout.splitlines()[0] == "RedisStreamSource('orders', 'pricing', 'worker-3')"

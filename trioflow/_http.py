@@ -1,9 +1,10 @@
 """A small HTTP/1.1 server on trio and h11 for the metrics endpoint and the dashboard.
 
-It answers ``GET`` (and ``HEAD``) for a fixed set of paths, one request per connection, and
-hands a WebSocket upgrade on ``/ws`` to trio-websocket. Everything runs in the pipeline's own
-thread, so handlers read the live figures without locks. It is not a general web server: no
-keep-alive, no request bodies.
+It answers ``GET`` (and ``HEAD``) for a fixed set of paths, ``POST`` for a fixed set of
+actions (a body of at most :data:`MAX_BODY` bytes), one request per connection, and hands a
+WebSocket upgrade on ``/ws`` to trio-websocket. Everything runs in the pipeline's own thread,
+so handlers read the live figures without locks. It is not a general web server: no
+keep-alive, no chunked bodies.
 
 What a client can cost is bounded, and nothing a client does reaches the pipeline:
 
@@ -21,23 +22,39 @@ An error in one connection is logged and closes that connection only.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
-from typing import Any, final
+from typing import Any, cast, final
 from urllib.parse import urlsplit
 
 import attrs
 import h11
 import trio
 
-__all__ = ["Access", "Response", "check_loopback", "serve_http"]
+__all__ = ["Access", "Request", "Response", "check_loopback", "serve_http"]
 
-#: what a route returns: content type and body
+
+@final
+@attrs.frozen
+class Request:
+    """What a route sees of a request: ``headers`` have lowercase names; ``body`` is empty for
+    ``GET``/``HEAD``."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+
+
+#: what a GET route returns: content type and body
 Response = tuple[str, bytes]
-Route = Callable[[], Response]
+Route = Callable[[Request], Response | Awaitable[Response]]
+#: what a POST action returns: status, content type and body
+Action = Callable[[Request], tuple[int, str, bytes]]
 WebSocketHandler = Callable[[Any], Awaitable[None]]
 
 #: largest request head (request line and headers), in bytes
@@ -48,6 +65,8 @@ HEAD_TIMEOUT = 5.0
 MAX_CONNECTIONS = 64
 #: seconds a response, or one WebSocket message, may take to be sent
 SEND_TIMEOUT = 10.0
+#: largest POST body, in bytes
+MAX_BODY = 4096
 #: largest message the dashboard's WebSocket accepts from a page (it expects none)
 WS_MAX_MESSAGE = 4096
 
@@ -59,6 +78,11 @@ _REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    406: "Not Acceptable",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
     408: "Request Timeout",
     421: "Misdirected Request",
     431: "Request Header Fields Too Large",
@@ -160,7 +184,7 @@ class Access:
                 ) from None
         if isinstance(allowed_origins, str):
             raise ValueError(f"allowed_origins={allowed_origins!r} must be a list of origins")
-        origins = set()
+        origins: set[str] = set()
         for origin in allowed_origins:
             normal = _normal_origin(origin)
             if normal is None:
@@ -335,19 +359,24 @@ async def _read_request(
 
 
 async def serve_http(
-    routes: dict[str, Route],
+    routes: Mapping[str, Route],
     *,
     host: str,
     port: int,
     access: Access,
+    actions: Mapping[str, Action] | None = None,
     websocket: WebSocketHandler | None = None,
     max_connections: int = MAX_CONNECTIONS,
     head_timeout: float = HEAD_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``routes`` on ``host:port`` until cancelled; ``task_status`` gets the bound port.
+    """Serve ``routes`` (GET; a route may be async) and ``actions`` (POST) on ``host:port``
+    until cancelled;
+    ``task_status`` gets the bound port.
 
-    The caller has checked that ``host`` may be bound (:func:`check_loopback`) and built
+    An action is called with the request and its body (at most :data:`MAX_BODY` bytes, sized
+    by ``Content-Length``); it must check what it needs (a token, the ``Origin``) itself. The
+    caller has checked that ``host`` may be bound (:func:`check_loopback`) and built
     ``access`` from the user's options.
     """
     check_limits(max_connections=max_connections, head_timeout=head_timeout)
@@ -389,15 +418,31 @@ async def serve_http(
                 return
             await _upgrade(stream, raw, websocket)
             return
-        if request.method not in (b"GET", b"HEAD"):
+        method = request.method.decode("ascii", "replace")
+        text_headers = {k: v.decode("latin-1") for k, v in headers.items()}
+        action = (actions or {}).get(path)
+        if action is not None:
+            if method != "POST":
+                await respond(405, "text/plain", b"only POST\n", extra=(("Allow", "POST"),))
+                return
+            got = await _read_body(stream, conn, headers, head_timeout)
+            if isinstance(got, int):
+                message = {411: b"Content-Length required\n", 413: b"body too large\n"}
+                await respond(got, "text/plain", message.get(got, b"bad request\n"))
+                return
+            status, kind, reply = action(Request(method, path, text_headers, got))
+            await respond(status, kind, reply)
+            return
+        if method not in ("GET", "HEAD"):
             await respond(405, "text/plain", b"only GET\n", extra=(("Allow", "GET, HEAD"),))
             return
         route = routes.get(path)
         if route is None:
             await respond(404, "text/plain", b"not found\n")
             return
-        content_type, body = route()
-        await respond(200, content_type, body)
+        answer = route(Request(method, path, text_headers))
+        response = await answer if inspect.isawaitable(answer) else answer
+        await respond(200, *response)
 
     async def serve_one(stream: trio.abc.Stream) -> None:
         nonlocal active
@@ -423,12 +468,41 @@ async def serve_http(
         task_status.started(bound_port)
 
 
+async def _read_body(
+    stream: trio.abc.Stream, conn: h11.Connection, headers: dict[str, bytes], timeout: float
+) -> bytes | int:
+    """The request's body, or the status to refuse it with: 411 (no ``Content-Length``), 413
+    (over :data:`MAX_BODY`), 400 (malformed), 408 (not received within ``timeout``)."""
+    length = headers.get("content-length")
+    if length is None:
+        return b"" if headers.get("transfer-encoding") is None else 411
+    if int(length) > MAX_BODY:  # h11 has checked that it is a number
+        return 413
+    body = bytearray()
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                return 400
+            if isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+            elif event is h11.NEED_DATA:
+                conn.receive_data(bytes(await stream.receive_some(_RECEIVE)))
+            else:
+                return 400
+    return 408
+
+
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError)
 
 
 def _client_gone(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
-        return all(_client_gone(e) for e in exc.exceptions)
+        group = cast("BaseExceptionGroup[BaseException]", exc)
+        return all(_client_gone(e) for e in group.exceptions)
     from_ws = type(exc).__module__.startswith("trio_websocket")  # ConnectionClosed and kin
     return isinstance(exc, _GONE) or from_ws
 

@@ -12,15 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._http import HEAD_TIMEOUT, MAX_CONNECTIONS, Access, check_loopback, serve_http
+from ._http import HEAD_TIMEOUT, MAX_CONNECTIONS, Access, Request, check_loopback, serve_http
 
 if TYPE_CHECKING:
     from ._report import Histogram
     from ._runner import PipelineHandle
 
-__all__ = ["prometheus_collector", "prometheus_text", "serve_metrics"]
+__all__ = ["exposition", "prometheus_collector", "prometheus_text", "render", "serve_metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: what ``/metrics`` answers when the scraper's ``Accept`` asks for OpenMetrics
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+#: the states of a stage's breaker, as the ``state`` label of ``trioflow_stage_breaker_state``
+BREAKER_STATES = ("closed", "open", "half_open")
 #: latency bucket bounds (seconds): Prometheus histograms, so several processes aggregate
 BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -67,7 +71,7 @@ def prometheus_collector(handle: PipelineHandle, *, pipeline: str = "") -> Any:
             return []
 
         def collect(self) -> Iterator[Any]:
-            run = handle._run
+            run = handle._run  # pyright: ignore[reportPrivateUsage]
             report = run.report()
             base = ["pipeline"]
             lv = [pipeline]
@@ -113,6 +117,11 @@ def prometheus_collector(handle: PipelineHandle, *, pipeline: str = "") -> Any:
             )
             draining.add_metric(lv, 1.0 if run.state() == "draining" else 0.0)
             yield draining
+            paused = GaugeMetricFamily(
+                "trioflow_paused", "1 while handle.pause() holds the sources.", labels=base
+            )
+            paused.add_metric(lv, 1.0 if handle.paused else 0.0)
+            yield paused
 
             e2e = Metric(
                 "trioflow_end_to_end_latency_seconds",
@@ -132,7 +141,23 @@ def prometheus_collector(handle: PipelineHandle, *, pipeline: str = "") -> Any:
                 "Seconds a stage's workers held work, summed over workers.",
                 labels=sl,
             )
-            workers = GaugeMetricFamily("trioflow_stage_workers", "Workers of a stage.", labels=sl)
+            workers = GaugeMetricFamily(
+                "trioflow_stage_workers",
+                "A stage's concurrency limit now (resize, Adaptive).",
+                labels=sl,
+            )
+            breaker = GaugeMetricFamily(
+                "trioflow_stage_breaker_state",
+                "1 for the state a stage's breaker is in (closed, open, half_open), 0 for the "
+                "others; stages without a breaker have none.",
+                labels=[*sl, "state"],
+            )
+            rate_limit = GaugeMetricFamily(
+                "trioflow_stage_rate_limit",
+                "Items per second a rate_limit stage lets through now (set_rate).",
+                labels=sl,
+            )
+            live = {entry["name"]: entry for entry in handle.snapshot()["stages"]}
             in_flight = GaugeMetricFamily(
                 "trioflow_stage_in_flight", "Items in a stage: queued or worked on.", labels=sl
             )
@@ -152,12 +177,22 @@ def prometheus_collector(handle: PipelineHandle, *, pipeline: str = "") -> Any:
                 items.add_metric(v, st.count)
                 stage_failed.add_metric(v, st.failed)
                 busy.add_metric(v, st.busy)
-                workers.add_metric(v, st.workers)
+                entry = live.get(label, {})
+                workers.add_metric(v, entry.get("workers", st.workers))
+                state = entry.get("breaker")
+                if state is not None:
+                    for name in BREAKER_STATES:
+                        breaker.add_metric([*v, name], 1.0 if name == state else 0.0)
                 in_flight.add_metric(v, st.in_flight)
                 queued.add_metric(v, st.queued)
                 capacity.add_metric(v, st.capacity)
                 _histogram(lat, {"pipeline": pipeline, "stage": label}, run.histograms[label])
+            for ctx in run.contexts:
+                per = getattr(ctx.control, "per", None)
+                if per:
+                    rate_limit.add_metric([*lv, ctx.label], ctx.control.count / per)
             yield from (items, stage_failed, busy, workers, in_flight, queued, capacity, lat)
+            yield from (breaker, rate_limit)
 
             yield from _source_gauges(report.sources, base, lv)
 
@@ -201,20 +236,42 @@ def _metric_name(key: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", key).lower() or "value"
 
 
-def prometheus_text(handle: PipelineHandle, *, pipeline: str = "") -> bytes:
+def prometheus_text(
+    handle: PipelineHandle, *, pipeline: str = "", openmetrics: bool = False
+) -> bytes:
     """The Prometheus text exposition of ``handle``'s figures and of the process (``process_*``:
-    CPU, memory, descriptors), which is what ``/metrics`` serves.
+    CPU, memory, descriptors), which is what ``/metrics`` serves; ``openmetrics=True``: the
+    OpenMetrics text instead (counters end in ``_total``, ``# EOF`` at the end).
 
     Examples:
         >>> print(prometheus_text(handle).decode())
     """
+    accept = "application/openmetrics-text; version=1.0.0" if openmetrics else ""
+    return exposition(handle, pipeline=pipeline, accept=accept)[1]
+
+
+def exposition(
+    handle: PipelineHandle, *, pipeline: str = "", accept: str = ""
+) -> tuple[str, bytes]:
+    """Content type and body of ``/metrics`` for a scraper whose ``Accept`` header is ``accept``:
+    OpenMetrics when it asks for ``application/openmetrics-text``, Prometheus text otherwise."""
     client = _client()
     registry = client.CollectorRegistry(auto_describe=False)
     registry.register(prometheus_collector(handle, pipeline=pipeline))
     # the process's own figures (CPU seconds, resident memory, open descriptors; Linux)
     client.ProcessCollector(registry=registry)
-    text: bytes = client.generate_latest(registry)
-    return text
+    return render(registry, accept)
+
+
+def render(registry: Any, accept: str) -> tuple[str, bytes]:
+    """``registry`` encoded as ``accept`` asks (prometheus_client's content negotiation)."""
+    from prometheus_client.exposition import choose_encoder
+
+    encoder, content_type = choose_encoder(accept)
+    body: bytes = encoder(registry)
+    if content_type.startswith("text/plain; version=0.0.4"):
+        content_type = CONTENT_TYPE
+    return content_type, body
 
 
 async def serve_metrics(
@@ -229,7 +286,9 @@ async def serve_metrics(
     head_timeout: float = HEAD_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``/metrics`` (Prometheus) and ``/metrics.json`` (the snapshot) until cancelled.
+    """Serve ``/metrics`` (Prometheus text, or OpenMetrics text when the scraper's ``Accept``
+    asks for ``application/openmetrics-text``) and ``/metrics.json`` (the snapshot) until
+    cancelled.
 
     Start it next to the pipeline: ``port = await nursery.start(serve_metrics, handle)``;
     ``task_status`` gets the bound port (pass ``port=0`` for any free one). Without
@@ -260,13 +319,13 @@ async def serve_metrics(
         check_loopback(host, "serve_metrics", hint="pass allow_remote=True to serve on it anyway")
     access = Access.build(host, allow_remote=allow_remote, allowed_hosts=allowed_hosts)
 
-    def metrics() -> tuple[str, bytes]:
+    def metrics(request: Request) -> tuple[str, bytes]:
         try:
-            return CONTENT_TYPE, prometheus_text(handle, pipeline=pipeline)
+            return exposition(handle, pipeline=pipeline, accept=request.headers.get("accept", ""))
         except ImportError as exc:
             return "text/plain; charset=utf-8", f"# {exc}\n".encode()
 
-    def snapshot() -> tuple[str, bytes]:
+    def snapshot(request: Request) -> tuple[str, bytes]:
         return "application/json", json.dumps(handle.snapshot()).encode()
 
     routes = {"/metrics": metrics, "/metrics.json": snapshot}

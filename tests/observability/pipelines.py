@@ -49,3 +49,18 @@ def factory() -> tf.Pipeline:
 
 
 not_a_pipeline = 42
+
+
+async def slow_save(batch: list[Any]) -> None:
+    await trio.sleep(0.005)
+
+
+def steerable() -> tf.Pipeline:
+    """Endless, with a process, a rate_limit and a sink stage to steer (dashboard controls)."""
+    return (
+        tf.from_iterable(itertools.count())
+        | tf.process(work, n=2, name="work")
+        | tf.rate_limit(400, per=1.0, name="throttle")
+        | tf.batch(20, 0.1)
+        | tf.sink(slow_save, name="save")
+    )
