@@ -6,6 +6,9 @@ runs the default set (tests, lint, typecheck).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import nox
 
 nox.needs_version = ">=2024.3.2"  # for nox.options.reuse_venv
@@ -33,11 +36,40 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
+#: the least share of the public API whose types pyright --verifytypes finds complete
+TYPE_COMPLETENESS = 0.95
+
+
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """Type-check the package with mypy in strict mode."""
+    """Type-check the package: mypy and pyright strict, the typing suite, API completeness."""
     session.install(".[typecheck]", ".[test]")
     session.run("mypy", "--strict", "trioflow")
+    python = session.run("python", "-c", "import sys; print(sys.executable)", silent=True)
+    python = str(python).strip()
+    session.run("pyright", "--pythonpath", python)  # strict on trioflow/ (pyrightconfig.json)
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_typing.py")
+    # --verifytypes resolves the package through the interpreter's path: the checkout goes first
+    # (an editable install's .pth is not always followed)
+    out = str(
+        session.run(
+            "pyright",
+            "--verifytypes",
+            "trioflow",
+            "--ignoreexternal",
+            "--outputjson",
+            "--pythonpath",
+            python,
+            silent=True,
+            success_codes=[0, 1],
+            env={"PYTHONPATH": str(Path(__file__).parent)},
+        )
+    )
+    report = json.loads(out[out.index("{") : out.rindex("}") + 1])  # past any notice on stderr
+    score = report["typeCompleteness"]["completenessScore"]
+    session.log(f"pyright --verifytypes trioflow: {score:.1%} of the public API typed")
+    if score < TYPE_COMPLETENESS:
+        session.error(f"type completeness {score:.1%} is under {TYPE_COMPLETENESS:.0%}")
 
 
 @nox.session

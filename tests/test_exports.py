@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,50 @@ def test_core_names() -> None:
     assert {"Acknowledger", "Instrument", "Outlet", "Source"} <= set(_reexports("trioflow.abc"))
     assert {"TestSource"} <= set(_reexports("trioflow.testing"))
     assert trioflow.DEFAULT_BUFFER == 1024
+
+
+CONNECTORS = [
+    "trioflow.connectors",
+    "trioflow.connectors.jsonl",
+    "trioflow.connectors.sqlite",
+    "trioflow.connectors.postgres",
+    "trioflow.connectors.redis",
+    "trioflow.connectors.rabbitmq",
+    "trioflow.connectors.kafka",
+    "trioflow.connectors.http",
+    "trioflow.connectors.websocket",
+]
+REFERENCE = Path(__file__).parent.parent / "docs" / "reference"
+
+
+@pytest.mark.parametrize("module_name", CONNECTORS)
+def test_connector_modules_export_their_own_names_once(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    assert len(module.__all__) == len(set(module.__all__)), "a name is listed twice"
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue  # a type alias (``FailureMode``)
+        # defined in the connector (or a private module of the connectors), not the core's
+        assert obj.__module__.startswith("trioflow.connectors"), (name, obj.__module__)
+
+
+def documented() -> set[tuple[str, str]]:
+    """(module, name) for every member listed under a ``::: module`` of docs/reference/."""
+    found: set[tuple[str, str]] = set()
+    for page in REFERENCE.glob("*.md"):
+        module = None
+        for line in page.read_text().splitlines():
+            if line.startswith("::: "):
+                module = line[4:].strip()
+            elif module is not None and line.startswith("        - "):
+                found.add((module, line.strip()[2:]))
+    return found
+
+
+@pytest.mark.parametrize("module_name", MODULES + CONNECTORS)
+def test_reference_lists_every_public_name(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    listed = {name for module_of, name in documented() if module_of == module_name}
+    assert sorted(set(module.__all__) - listed) == [], f"not in docs/reference/: {module_name}"
+    assert sorted(listed - set(module.__all__)) == [], f"not public: {module_name}"

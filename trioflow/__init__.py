@@ -15,6 +15,7 @@ from ._consumer import Consumer as Consumer
 from ._consumer import ConsumerContext as ConsumerContext
 from ._decode import DecodeError as DecodeError
 from ._decode import decode as decode
+from ._decorator import stage as stage
 from ._exceptions import Fatal as Fatal
 from ._exceptions import InvalidPipeline as InvalidPipeline
 from ._exceptions import PipelineError as PipelineError
@@ -45,7 +46,6 @@ from ._stages import process as process
 from ._stages import rate_limit as rate_limit
 from ._stages import route as route
 from ._stages import sink as sink
-from ._stages import stage as stage
 from ._stages import unbatch as unbatch
 
 __all__ = [

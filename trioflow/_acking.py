@@ -62,8 +62,8 @@ class Fanout:
     __slots__ = ("action", "origin", "reason", "remaining")
 
     def __init__(self, origin: Any) -> None:
-        self.origin = origin
-        self.remaining = 0
+        self.origin: Any = origin
+        self.remaining: int = 0
         self.reason: BaseException | str | None = None
         self.action: FailureAction | None = None
 
@@ -75,13 +75,13 @@ _TICKETS: set[type] = {Message, Group, Fanout, tuple}
 MESSAGE_TYPES: set[type] = {Message}
 
 
-def note_message_types(kinds: set[type]) -> None:
+def note_message_types(kinds: set[type[Any]]) -> None:
     """Make the ``Message`` subclasses among ``kinds`` (a source's item types) count as messages:
     settled through their acknowledger, never as plain data."""
     for kind in kinds:
         if kind not in _TICKETS and issubclass(kind, Message):
-            _TICKETS.add(kind)
-            MESSAGE_TYPES.add(kind)
+            _TICKETS.add(kind)  # pyright: ignore[reportUnknownArgumentType]
+            MESSAGE_TYPES.add(kind)  # pyright: ignore[reportUnknownArgumentType]
 
 
 @final
@@ -95,24 +95,24 @@ class Settler:
     def __init__(self, on_failure: FailureHandler | None, ack_buffer: int) -> None:
         self.on_failure = on_failure
         self.ack_buffer = ack_buffer
-        self.received = 0
-        self.acked = 0
-        self.failed = 0
-        self.filtered = 0
-        self.retried = 0
+        self.received: int = 0
+        self.acked: int = 0
+        self.failed: int = 0
+        self.filtered: int = 0
+        self.retried: int = 0
         self.failed_by_reason: Counter[str] = Counter()
         #: messages left un-acked because their ``ack`` call raised
-        self.ack_errors = 0
+        self.ack_errors: int = 0
         #: failed messages left un-acked because the ``on_failure`` call for them raised
-        self.failure_handler_errors = 0
+        self.failure_handler_errors: int = 0
         self.on_ack_error: AckErrorHook | None = None
         self.on_handler_error: HandlerErrorHook | None = None
         self._ok: list[Message[Any]] = []
         self._failed: list[Message[Any]] = []
         #: the run's bulk hand-overs (see ``_bulk``)
-        self.lots = Lots()
+        self.lots: Lots = Lots()
         #: log records of failed items (the first ones in full, then counts)
-        self.failure_log = FailureLog()
+        self.failure_log: FailureLog = FailureLog()
         #: settled successful bulk items, acked by their ids where possible
         self._refs: list[Ref] = []
         self._to_handle: list[Message[Any]] = []
@@ -126,10 +126,10 @@ class Settler:
         #: filters' dropped items not settled yet (``Pending`` of origins), taken likewise
         self._dropped: list[Any] = []
         #: 1 while the acker is parked with nothing to do
-        self.idle = 0
+        self.idle: int = 0
         #: whether any message with an acknowledger was received: until then (plain data) the
         #: acker has nothing to do for a sink's results, and is not woken for them
-        self.acking = False
+        self.acking: bool = False
 
     # -- called by stage workers ---------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class Settler:
         raw = 0
         before = len(ok) + len(self._refs)
         for o in origins:
-            t = type(o)
+            t = type(o)  # pyright: ignore[reportUnknownVariableType]  (type() of Any)
             if t is tuple:
                 if len(o) == 2:
                     self._refs.append(o)
@@ -193,7 +193,7 @@ class Settler:
     ) -> None:
         """Settle ``origin`` as failed with ``reason`` (every member, for a batch), and the
         ``action`` its broker source is to take (None: the source's default)."""
-        t = type(origin)
+        t = type(origin)  # pyright: ignore[reportUnknownVariableType]  (type() of Any)
         if t is Group:
             for member in origin.members:
                 self.fail(member, reason, action)
@@ -453,7 +453,7 @@ def _by_acknowledger(
 def _count_sources(origins: list[Any]) -> int:
     n = 0
     for o in origins:
-        t = type(o)
+        t = type(o)  # pyright: ignore[reportUnknownVariableType]  (type() of Any)
         if t is Group:
             n += _count_sources(o.members)
         elif t is not Fanout:

@@ -28,10 +28,10 @@ def _kind_awaits(kind: type) -> bool:
 def is_awaitable(value: Any) -> bool:
     """Whether ``value`` can be awaited (by its type, cached; a generator is asked itself: a
     ``@types.coroutine`` generator is awaitable, a plain one is not)."""
-    kind = type(value)
+    kind = type(value)  # pyright: ignore[reportUnknownVariableType]  (type() of Any)
     if kind is GeneratorType:
         return inspect.isawaitable(value)
-    return _kind_awaits(kind)
+    return _kind_awaits(kind)  # pyright: ignore[reportUnknownArgumentType]
 
 
 def has_awaitables(results: list[Any]) -> bool:

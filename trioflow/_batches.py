@@ -68,7 +68,7 @@ class Batch(list[T]):
         self.info: BatchInfo = info if info is not None else _manual_info(len(self))
 
     def __repr__(self) -> str:
-        return f"Batch({list.__repr__(self)}, info={self.info!r})"
+        return f"Batch({super().__repr__()}, info={self.info!r})"
 
     def __reduce__(self) -> Any:  # pickles (parallel=True workers) with its info
         return (Batch, (list(self), self.info))

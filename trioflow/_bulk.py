@@ -73,16 +73,16 @@ class Lot:
     def __init__(
         self, data: list[Any], ids: Sequence[Any], metadata: Metadata, acknowledger: Acknowledger
     ) -> None:
-        self.data = data
-        self.ids = ids
-        self.metadata = metadata
-        self.acknowledger = acknowledger
+        self.data: list[Any] = data
+        self.ids: Sequence[Any] = ids
+        self.metadata: Metadata = metadata
+        self.acknowledger: Acknowledger = acknowledger
         #: the acknowledger's ``ack_ids``, or None (then successful refs are acked as messages)
         self.bulk: Callable[[list[Any]], Awaitable[None]] | None = getattr(
             acknowledger, "ack_ids", None
         )
         #: items not settled yet (or not turned into ordinary messages)
-        self.remaining = len(data)
+        self.remaining: int = len(data)
         self._metas: list[dict[str, Any] | None] | None = None
 
     def meta(self, index: int) -> dict[str, Any]:
@@ -230,7 +230,7 @@ class Lots:
 
 def is_ref(origin: Any) -> bool:
     """Whether an origin is a bulk item's ref (a plain-data tuple's origin is a 1-tuple)."""
-    return type(origin) is tuple and len(origin) == 2
+    return type(origin) is tuple and len(origin) == 2  # pyright: ignore[reportUnknownArgumentType]
 
 
 def wrap_plain(items: list[Any]) -> list[Any]:
@@ -240,14 +240,14 @@ def wrap_plain(items: list[Any]) -> list[Any]:
 
 def plain_data(origin: Any) -> Any:
     """The data of a plain-data origin (see :func:`wrap_plain`)."""
-    return origin[0] if type(origin) is tuple else origin
+    return origin[0] if type(origin) is tuple else origin  # pyright: ignore[reportUnknownVariableType]
 
 
 def check_bulk(data: Any, ids: Sequence[Any] | None, metadata: Metadata, acknowledger: Any) -> None:
     """Refuse a bulk hand-over whose parts do not line up, naming what is wrong."""
     if not isinstance(data, list):
         raise TypeError(f"send_bulk: data must be a list, not {type(data).__name__}")
-    n = len(data)
+    n = len(data)  # pyright: ignore[reportUnknownArgumentType]
     if ids is not None and len(ids) != n:
         raise ValueError(f"send_bulk: {len(ids)} ids for {n} data items")
     if metadata is not None and not callable(metadata):

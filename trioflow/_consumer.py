@@ -54,11 +54,11 @@ class ConsumerContext:
 
     consumer: str
     topic: str
-    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)  # pyright: ignore[reportUnknownVariableType]
     batch_metadata: tuple[Mapping[str, Any], ...] = ()
     #: in ``handle_batch``: the batch's :class:`~trioflow.BatchInfo` (why it left, its size)
     batch_info: BatchInfo | None = None
-    _failures: dict[int, tuple[BaseException | str, FailureAction | None]] = attrs.field(
+    _failures: dict[int, tuple[BaseException | str, FailureAction | None]] = attrs.field(  # pyright: ignore[reportUnknownVariableType]
         factory=dict, repr=False, alias="_failures"
     )
 
@@ -132,7 +132,7 @@ class _HandleBatch(_Call):
         result = c.handle_batch([m.data for m in batch], ctx)
         if inspect.isawaitable(result):
             await result
-        failures = ctx._failures
+        failures = ctx._failures  # pyright: ignore[reportPrivateUsage]  (this module's class)
         if not failures:
             return None
         return [
@@ -249,11 +249,10 @@ class Consumer:
         Examples:
             >>> consumer.source(lambda topic: RedisStreamSource(topic, "billing"))
         """
-        factory = inspect.getattr_static(self, "source_factory", None)
-        if isinstance(factory, staticmethod):
-            factory = factory.__func__
-        if factory is None:
-            factory = default
+        found = inspect.getattr_static(self, "source_factory", None)
+        if isinstance(found, staticmethod):
+            found = found.__func__  # pyright: ignore[reportUnknownMemberType]
+        factory: SourceFactory | None = found if found is not None else default
         if factory is None:
             raise TypeError(
                 f"{type(self).__name__}: no source factory for topic {self.topic!r}; set "
@@ -261,7 +260,7 @@ class Consumer:
             )
         return factory(self.topic)
 
-    def pipeline(self, source_factory: SourceFactory | None = None) -> Pipeline:
+    def pipeline(self, source_factory: SourceFactory | None = None) -> Pipeline[None, None]:
         """The pipeline this consumer runs (``source_factory`` unless it has its own).
 
         Examples:

@@ -20,6 +20,7 @@ from cattrs.cols import is_mutable_sequence, list_structure_factory
 from cattrs.v import format_exception
 
 from ._exceptions import TrioflowError
+from ._groups import group_of
 from ._stages import Process, process
 
 __all__ = ["DecodeError", "Decoder", "converting_converter", "decode", "strict_converter"]
@@ -44,8 +45,15 @@ class _WrongType(TypeError):
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "array", str: "str", bool: "bool", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
+    names: dict[type[Any], str] = {
+        dict: "object",
+        list: "array",
+        str: "str",
+        bool: "bool",
+        type(None): "null",
+    }
+    kind: type[Any] = value.__class__
+    return names.get(kind, kind.__name__)
 
 
 def _exact(cls: type[Any], accept: tuple[type[Any], ...]) -> Any:
@@ -118,8 +126,9 @@ def _has_recursion_error(exc: BaseException) -> bool:
         e = stack.pop()
         if isinstance(e, RecursionError):
             return True
-        if isinstance(e, BaseExceptionGroup):
-            stack.extend(e.exceptions)
+        group = group_of(e)
+        if group is not None:
+            stack.extend(group.exceptions)
     return False
 
 
@@ -157,7 +166,7 @@ class Decoder(Generic[T]):
         data = raw
         if self.format == "json" and isinstance(raw, (bytes, bytearray, memoryview)):
             try:
-                data = bytes(raw).decode("utf-8")
+                data = bytes(raw).decode("utf-8")  # pyright: ignore[reportUnknownArgumentType]
             except UnicodeDecodeError as exc:
                 raise DecodeError(
                     f"{self._type_name}: invalid UTF-8 at byte {exc.start}: {exc.reason}",

@@ -29,7 +29,7 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import attrs
 import trio
@@ -120,8 +120,9 @@ def tag_entry(message: tf.Message[Any]) -> tf.Message[Any]:
     """Record where the event came from (a file line or a stream entry) in the event itself."""
     meta = message.metadata
     entry = str(meta["id"]) if "id" in meta else f"line:{meta.get('line')}"
-    if isinstance(message.data, dict):
-        return message.replace({**message.data, "entry": entry})
+    data: object = message.data
+    if isinstance(data, dict):
+        return message.replace({**cast("dict[str, Any]", data), "entry": entry})
     return message
 
 

@@ -9,18 +9,37 @@ raised. Everywhere trioflow decides what an exception means (a ``Fatal`` stops t
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import trio
 
 from ._exceptions import Fatal
 
-__all__ = ["fatal_of", "is_fatal", "leaves", "matches", "strip_cancelled"]
+__all__ = [
+    "AnyGroup",
+    "fatal_of",
+    "group_of",
+    "is_fatal",
+    "leaves",
+    "matches",
+    "strip_cancelled",
+]
+
+
+#: what ``isinstance(exc, BaseExceptionGroup)`` finds (pyright leaves its argument unknown)
+AnyGroup = BaseExceptionGroup[BaseException]
+
+
+def group_of(exc: BaseException) -> AnyGroup | None:
+    """``exc`` if it is an exception group, else None."""
+    return cast(AnyGroup, exc) if isinstance(exc, BaseExceptionGroup) else None
 
 
 def leaves(exc: BaseException) -> Iterator[BaseException]:
     """The exceptions in ``exc``, groups flattened (``exc`` itself if it is not a group)."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
+    group = group_of(exc)
+    if group is not None:
+        for inner in group.exceptions:
             yield from leaves(inner)
     else:
         yield exc
@@ -30,7 +49,8 @@ def is_fatal(exc: BaseException) -> bool:
     """Whether ``exc`` is a :class:`~trioflow.Fatal` or a group holding one."""
     if isinstance(exc, Fatal):
         return True
-    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(Fatal) is not None
+    group = group_of(exc)
+    return group is not None and group.subgroup(Fatal) is not None
 
 
 def fatal_of(exc: BaseException) -> Fatal | None:
@@ -47,8 +67,9 @@ def matches(
     """Whether ``exc`` is one of ``types``, or a group whose every leaf is."""
     if isinstance(exc, types):
         return True
-    if isinstance(exc, BaseExceptionGroup):
-        _, rest = exc.split(types)
+    group = group_of(exc)
+    if group is not None:
+        _, rest = group.split(types)
         return rest is None
     return False
 
@@ -61,9 +82,10 @@ def strip_cancelled(exc: BaseException) -> BaseException | None:
     """
     if isinstance(exc, trio.Cancelled):
         return None
-    if not isinstance(exc, BaseExceptionGroup):
+    group = group_of(exc)
+    if group is None:
         return exc
-    _, rest = exc.split(trio.Cancelled)
+    _, rest = group.split(trio.Cancelled)
     if rest is None:
         return None
     found = list(leaves(rest))

@@ -24,6 +24,7 @@ import trio
 
 from ._consumer import Consumer, SourceFactory
 from ._exceptions import PipelineError
+from ._groups import group_of
 from ._retry import Backoff
 
 if TYPE_CHECKING:
@@ -99,8 +100,10 @@ class _Slot:
 
 
 def _describe(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    group = group_of(exc)
+    while group is not None and len(group.exceptions) == 1:
+        exc = group.exceptions[0]
+        group = group_of(exc)
     text = f"{type(exc).__name__}: {exc}"
     cause = exc.__cause__
     if cause is not None:
@@ -283,11 +286,12 @@ class ConsumerManager:
         consumer = slot.consumer
         async with trio.open_nursery() as nursery:
             slot.start_scope = trio.CancelScope()
+            handle: PipelineHandle | None = None
             with slot.start_scope:
-                handle: PipelineHandle = await nursery.start(
+                handle = await nursery.start(
                     _serve, pipeline, consumer.drain_timeout, self.telemetry
                 )
-            if slot.start_scope.cancelled_caught:
+            if handle is None:
                 return None  # stopped while connecting
             slot.handle = handle
             slot.state = "running"

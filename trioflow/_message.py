@@ -11,7 +11,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, final, runtime_chec
 
 import attrs
 
-from ._groups import leaves
+from ._groups import group_of, leaves
 
 __all__ = [
     "ACTIONS",
@@ -79,7 +79,7 @@ class Message(Generic[T]):
     """
 
     data: T
-    metadata: dict[str, Any] = attrs.field(factory=dict)
+    metadata: dict[str, Any] = attrs.field(factory=dict)  # pyright: ignore[reportUnknownVariableType]
     acknowledger: Acknowledger = NOOP_ACKNOWLEDGER
     status: Status = "ok"
     reason: BaseException | str | None = None
@@ -177,11 +177,12 @@ def reason_key(reason: BaseException | str | None) -> str:
     An exception group whose leaves are all of one class counts under that class (a
     ``ConnectionError`` raised in a nursery is a ``ConnectionError``).
     """
-    if isinstance(reason, BaseExceptionGroup):
-        kinds = {type(leaf) for leaf in leaves(reason)}
+    group = group_of(reason) if isinstance(reason, BaseException) else None
+    if group is not None:
+        kinds = {type(leaf) for leaf in leaves(group)}
         if len(kinds) == 1:
             return kinds.pop().__name__
-        return type(reason).__name__
+        return type(group).__name__
     if isinstance(reason, BaseException):
         return type(reason).__name__
     return str(reason)

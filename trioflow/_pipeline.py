@@ -4,33 +4,43 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, final, overload
 
 import attrs
 import trio
 
+from ._composable import Composable, In, Out
 from ._exceptions import InvalidPipeline
 from ._message import Message
+from ._sources import Source, as_source
 from ._stages import FlatMap, Process, Route, Stage, process
 from ._validate import describe
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
     from ._report import RunReport
     from ._runner import PipelineHandle
     from ._telemetry import Instrument
+else:
+    from typing import TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["Pipeline", "as_fragment", "collect", "compose"]
 
+#: receives failed source messages (see :meth:`Pipeline.on_failure`); sync or async
 FailureHandler = Callable[[list[Message[Any]]], Any]
 
 
 @final
 @attrs.frozen(repr=False)
-class Pipeline:
+class Pipeline(Composable[In, Out]):
     """A source and the stages after it (or only stages: a fragment, e.g. a route branch).
 
     Pipelines are values: ``|`` returns a new one, and the same pipeline can be run again (with a
-    fresh source) or in two nurseries at once.
+    fresh source) or in two nurseries at once. ``Pipeline[None, Out]`` starts with a source and
+    gives ``Out`` items; a fragment ``Pipeline[In, Out]`` takes ``In`` items.
 
     Examples:
         >>> pipeline = from_iterable(raw) | process(decode, n=10) | batch(100, 1.0) | sink(save)
@@ -40,13 +50,7 @@ class Pipeline:
     stages: tuple[Stage[Any, Any], ...]
     failure_handler: FailureHandler | None = None
 
-    def __or__(self, other: Any) -> Pipeline:
-        return compose(self, other)
-
-    def __ror__(self, other: Any) -> Pipeline:
-        return compose(other, self)
-
-    def on_failure(self, handler: FailureHandler) -> Pipeline:
+    def on_failure(self, handler: FailureHandler) -> Pipeline[In, Out]:
         """A copy whose failed source messages go to ``handler(messages)`` in groups.
 
         ``handler`` (sync or async) receives the failed *source* messages, with their original
@@ -57,15 +61,17 @@ class Pipeline:
         Examples:
             >>> pipeline = pipeline.on_failure(dead_letter.write)
         """
-        if not callable(handler):
+        if not callable(handler):  # pyright: ignore[reportUnnecessaryComparison]
             raise TypeError(f"on_failure: handler={handler!r} must be callable")
         return attrs.evolve(self, failure_handler=handler)
+
+    def sole_stage(self) -> Stage[Any, Any] | None:
+        """The pipeline's only stage, or None if it has several."""
+        return self.stages[0] if len(self.stages) == 1 else None
 
     @property
     def source(self) -> Stage[Any, Any] | None:
         """The pipeline's source stage, or ``None`` for a fragment."""
-        from ._sources import Source
-
         first = self.stages[0] if self.stages else None
         return first if isinstance(first, Source) else None
 
@@ -117,6 +123,22 @@ class Pipeline:
         return text
 
 
+@overload
+async def collect(
+    pipeline: Composable[None, T],
+    *,
+    stop: trio.Event | None = None,
+    drain_timeout: float = 30.0,
+    telemetry: Instrument | list[Instrument] | None = None,
+) -> list[T]: ...
+@overload
+async def collect(
+    pipeline: AsyncIterable[T] | Iterable[T],
+    *,
+    stop: trio.Event | None = None,
+    drain_timeout: float = 30.0,
+    telemetry: Instrument | list[Instrument] | None = None,
+) -> list[T]: ...
 async def collect(
     pipeline: Any,
     *,
@@ -136,18 +158,19 @@ async def collect(
     """
     from ._runner import run_pipeline
 
-    if not isinstance(pipeline, Pipeline):
-        pipeline = compose(pipeline, None)
+    whole: Pipeline[Any, Any] = (  # pyright: ignore[reportUnknownVariableType]
+        pipeline if isinstance(pipeline, Pipeline) else compose(pipeline, None)
+    )
     out: list[Any] = []
     await run_pipeline(
-        pipeline, stop=stop, drain_timeout=drain_timeout, telemetry=telemetry, collect=out
+        whole, stop=stop, drain_timeout=drain_timeout, telemetry=telemetry, collect=out
     )
     return out
 
 
 def _as_stage(obj: Any, *, where: str) -> Stage[Any, Any]:
     if isinstance(obj, Stage):
-        return obj
+        return obj  # pyright: ignore[reportUnknownVariableType]
     if inspect.isasyncgenfunction(obj):
         return FlatMap(obj)
     if callable(obj):
@@ -159,12 +182,11 @@ def _as_stage(obj: Any, *, where: str) -> Stage[Any, Any]:
 
 
 def _stages_of(obj: Any, *, leftmost: bool, where: str) -> tuple[tuple[Stage[Any, Any], ...], Any]:
-    from ._sources import as_source
-
+    # (pyright: an isinstance of Any leaves the type arguments unknown)
     if isinstance(obj, Pipeline):
-        return obj.stages, obj.failure_handler
+        return obj.stages, obj.failure_handler  # pyright: ignore[reportUnknownVariableType]
     if isinstance(obj, Stage):
-        return (obj,), None
+        return (obj,), None  # pyright: ignore[reportUnknownVariableType]
     if leftmost and (
         inspect.isasyncgenfunction(obj)
         or (not callable(obj) and isinstance(obj, (Iterable, AsyncIterable)))
@@ -173,7 +195,7 @@ def _stages_of(obj: Any, *, leftmost: bool, where: str) -> tuple[tuple[Stage[Any
     return (_as_stage(obj, where=where),), None
 
 
-def compose(left: Any, right: Any) -> Pipeline:
+def compose(left: Any, right: Any) -> Pipeline[Any, Any]:
     """``left | right``: check the result is well formed and return a new pipeline."""
     stages, handler = _stages_of(left, leftmost=True, where="left of |")
     if right is not None:
@@ -187,8 +209,6 @@ def compose(left: Any, right: Any) -> Pipeline:
 
 
 def _check_shape(stages: tuple[Stage[Any, Any], ...]) -> None:
-    from ._sources import Source
-
     for i, stage in enumerate(stages):
         if i > 0 and isinstance(stage, Source):
             raise InvalidPipeline(
@@ -209,11 +229,11 @@ def _check_shape(stages: tuple[Stage[Any, Any], ...]) -> None:
                     )
 
 
-def as_fragment(obj: Any, *, where: str) -> Pipeline:
+def as_fragment(obj: Any, *, where: str) -> Pipeline[Any, Any]:
     """A route branch: a pipeline without a source, or a single stage or function."""
-    from ._sources import Source
-
-    pipeline = obj if isinstance(obj, Pipeline) else Pipeline((_as_stage(obj, where=where),))
+    pipeline: Pipeline[Any, Any] = (  # pyright: ignore[reportUnknownVariableType]
+        obj if isinstance(obj, Pipeline) else Pipeline((_as_stage(obj, where=where),))
+    )
     if not pipeline.stages:
         raise InvalidPipeline(f"{where} is empty")
     if any(isinstance(s, Source) for s in pipeline.stages):

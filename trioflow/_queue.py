@@ -33,7 +33,7 @@ __all__ = ["FAILED", "Chunk", "ChunkQueue", "Pending"]
 Chunk = tuple[list[Any], list[Any]]
 
 #: stands in a :class:`Pending` result list for an item that failed (and was settled already)
-FAILED: Any = type("Failed", (), {"__repr__": lambda self: "FAILED", "__slots__": ()})()
+FAILED: Any = type("Failed", (), {"__repr__": lambda self: "FAILED", "__slots__": ()})()  # pyright: ignore[reportUnknownLambdaType]
 
 #: ``unwrap(values, origins) -> (values, origins)``: turns results into what goes on
 Unwrap = Callable[[list[Any], list[Any]], Chunk]
@@ -56,13 +56,13 @@ class Pending:
     ) -> None:
         self.results: list[Any] = []
         self.origins: list[Any] = []
-        self.lo = 0
-        self.busy = False
+        self.lo: int = 0
+        self.busy: bool = False
         #: whether ``results`` may hold :data:`FAILED` (then they are filtered out)
-        self.holes = False
-        self.unwrap = unwrap
+        self.holes: bool = False
+        self.unwrap: Unwrap | None = unwrap
         #: told how many results a consumer took (a pool counts what its workers hold)
-        self.on_steal = on_steal
+        self.on_steal: Callable[[int], None] | None = on_steal
 
     def start(self, results: list[Any], origins: list[Any]) -> None:
         """Follow a new chunk: ``origins`` for it, ``results`` appended to as items finish."""
@@ -141,8 +141,8 @@ class ChunkQueue:
     )
 
     def __init__(self, capacity: int, name: str = "") -> None:
-        self.capacity = capacity
-        self.name = name
+        self.capacity: int = capacity
+        self.name: str = name
         self._values: list[Any] = []
         self._origins: list[Any] = []
         #: items before this index were popped one by one (:meth:`pop`): dropped lazily
@@ -154,7 +154,7 @@ class ChunkQueue:
         self._producers = 0
         self._pending: list[Pending] = []
         #: consumers parked on an empty queue: a producer holding output wakes one when > 0
-        self.waiting = 0
+        self.waiting: int = 0
 
     def __len__(self) -> int:
         return len(self._values) - self._head

@@ -11,25 +11,41 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from itertools import islice
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, Self, final, overload
 
 import attrs
 import trio
 
 from ._acking import note_message_types
 from ._bulk import Lot, Metadata, check_bulk, wrap_plain
+from ._composable import Composable
 from ._message import NOOP_ACKNOWLEDGER, Acknowledger, Message
 from ._stages import Stage
 from ._validate import describe
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
     from ._acking import Settler
     from ._queue import ChunkQueue
     from ._telemetry import Telemetry
+
+    T = TypeVar("T", default=Any)
+else:
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 __all__ = [
     "AsyncGenSource",
@@ -45,8 +61,6 @@ __all__ = [
     "from_iterable",
     "merge",
 ]
-
-T = TypeVar("T")
 
 logger = logging.getLogger("trioflow")
 
@@ -113,7 +127,7 @@ class Outlet:
         self._queue = queue
         self._settler = settler
         #: the source task runs in it; a graceful drain cancels it (see :meth:`stop`)
-        self.scope = trio.CancelScope()
+        self.scope: trio.CancelScope = trio.CancelScope()
         self._handing = False
         self._stopping = False
         #: whether the source asks for demand (then only demand() waits while paused)
@@ -239,13 +253,13 @@ class Outlet:
             if failed:
                 self._fail_now(failed)
                 items = [m for m in items if not (isinstance(m, Message) and m.status == "failed")]
-            values = [m.data if isinstance(m, Message) else m for m in items]
+            values = [m.data if isinstance(m, Message) else m for m in items]  # pyright: ignore
             origins = wrap_plain(items) if tuple in kinds else items
         elif tuple in kinds:
             values, origins = items, wrap_plain(items)
         else:
             values, origins = items, items.copy()
-        await self._hand_over(values, origins)
+        await self._hand_over(values, origins)  # pyright: ignore[reportUnknownArgumentType]
         if failed:
             await self._settler.room()
 
@@ -344,7 +358,7 @@ class Outlet:
 
 
 @asynccontextmanager
-async def _as_is(source: Source[T]) -> AsyncIterator[Source[T]]:
+async def _as_is(source: Source[T]) -> AsyncGenerator[Source[T]]:
     yield source
 
 
@@ -477,13 +491,17 @@ class AsyncGenSource(Source[T]):
     with a buffered, chunked hand-over instead of an unbuffered channel).
     """
 
-    fn: Callable[[], Any]
+    fn: Callable[[], AsyncIterator[T]]
     name: str | None = None
     _options: ClassVar[frozenset[str]] = frozenset({"name"})
 
     async def produce(self, out: Outlet) -> None:
         await _drain_aiter(self.fn(), out)
 
+    @overload
+    def __call__(self, *, name: str | None) -> Self: ...
+    @overload
+    def __call__(self) -> AsyncIterator[T]: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """With only option keywords, a configured copy; otherwise call the generator function."""
         return self.configure_or_call(self.fn, args, kwargs)
@@ -545,10 +563,10 @@ def from_channel(channel: trio.abc.ReceiveChannel[T], *, name: str | None = None
 
 @final
 @attrs.frozen(repr=False)
-class Merge(Source[Any]):
+class Merge(Source[T]):
     """Several sources feeding one pipeline (fan-in); see :func:`merge`."""
 
-    sources: tuple[Source[Any], ...]
+    sources: tuple[Source[T], ...]
     name: str | None = None
     _options: ClassVar[frozenset[str]] = frozenset({"name"})
 
@@ -566,7 +584,10 @@ class Merge(Source[Any]):
         return f"merge({', '.join(repr(s) for s in self.sources)})"
 
 
-def merge(*sources: Any, name: str | None = None) -> Merge:
+def merge(
+    *sources: Source[T] | Iterable[T] | AsyncIterable[T] | Callable[[], AsyncIterator[T]],
+    name: str | None = None,
+) -> Merge[T]:
     """Fan-in: run several sources at once into one pipeline, interleaved as they produce.
 
     Each argument may be anything that can stand left of ``|`` (a source, an iterable, an async
@@ -584,18 +605,17 @@ def merge(*sources: Any, name: str | None = None) -> Merge:
 
 def as_source(obj: Any, *, where: str = "source") -> Source[Any]:
     """Coerce what may stand left of the first ``|`` into a source, or raise ``TypeError``."""
-    from ._pipeline import Pipeline
-
-    if isinstance(obj, Source):
-        return obj
-    if isinstance(obj, Pipeline) and len(obj.stages) == 1 and isinstance(obj.stages[0], Source):
-        return obj.stages[0]
-    if inspect.isasyncgenfunction(obj):
-        return AsyncGenSource(obj)
+    # pyright leaves the type arguments of an isinstance of Any unknown: hence the ignores
+    if isinstance(obj, Composable):  # a source, or a pipeline of one source
+        only = obj.sole_stage()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        if isinstance(only, Source):
+            return only  # pyright: ignore[reportUnknownVariableType]
+    if inspect.isasyncgenfunction(obj):  # pyright: ignore[reportUnknownArgumentType]
+        return AsyncGenSource[Any](obj)
     if isinstance(obj, AsyncIterable):
-        return FromAiter(obj)
+        return FromAiter(obj)  # pyright: ignore[reportUnknownArgumentType]
     if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes, bytearray)):
-        return FromIterable(obj)
+        return FromIterable(obj)  # pyright: ignore[reportUnknownArgumentType]
     raise TypeError(
         f"{where}: {describe(obj)} cannot be a source; use a source stage, an iterable, an async "
         "iterable or an async generator function"

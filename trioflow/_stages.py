@@ -7,16 +7,23 @@ kind lives in ``_operators``; this module is pure data.
 
 from __future__ import annotations
 
-import difflib
-import inspect
-from collections.abc import Callable, Hashable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, final, overload
+from collections.abc import (
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Mapping,
+)
+from typing import TYPE_CHECKING, Any, ClassVar, final, overload
 
 import attrs
 
 from . import _validate as v
-from ._flow import Adaptive, Breaker
-from ._retry import Retry
+from ._batches import Batch
+from ._composable import DEFAULT_BUFFER, Composable, In, Item, Out, Result, Stage, T, fmt_options
+from ._process_stage import Process, is_async_callable, process, sink
+from ._validate import describe
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
@@ -38,282 +45,13 @@ __all__ = [
     "rate_limit",
     "route",
     "sink",
-    "stage",
     "unbatch",
 ]
 
-In = TypeVar("In")
-Out = TypeVar("Out")
-
-#: Items a stage's input holds when ``buffer`` is not given (after a batch, batches holding about
-#: this many messages, see ``Stage.input_buffer``). About a thousand keeps chunks large enough to
-#: amortize a task switch per hand-over (docs/performance.md: W2 at 512 and 1024) while bounding
-#: memory to what a thousand items weigh.
-DEFAULT_BUFFER = 1024
-
-
-class Stage(Generic[In, Out]):
-    """Base class of every stage: composes with ``|`` into a :class:`~trioflow.Pipeline`."""
-
-    __slots__ = ()
-    #: options a call with keywords only may set (see ``__call__``)
-    _options: ClassVar[frozenset[str]] = frozenset()
-
-    def __or__(self, other: Any) -> Pipeline:
-        from ._pipeline import compose
-
-        return compose(self, other)
-
-    def __ror__(self, other: Any) -> Pipeline:
-        from ._pipeline import compose
-
-        return compose(other, self)
-
-    @property
-    def label(self) -> str:
-        """The stage's name in reports and errors."""
-        name = getattr(self, "name", None)
-        return name if isinstance(name, str) else repr(self)
-
-    def input_buffer(self, weight: int = 1) -> int:
-        """Items this stage's input queue holds, when each item weighs ``weight`` messages.
-
-        An explicit ``buffer`` is taken as given. The default holds about
-        :data:`DEFAULT_BUFFER` *messages*: after ``batch(100)`` an item is a batch of 100, so
-        the default there is ``DEFAULT_BUFFER // 100`` batches (at least 2).
-        """
-        buffer = getattr(self, "buffer", None)
-        if isinstance(buffer, int):
-            return buffer
-        return DEFAULT_BUFFER if weight <= 1 else max(2, DEFAULT_BUFFER // weight)
-
-    def configure_or_call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """``stage(n=10)`` (option keywords only) configures; ``stage(item)`` calls ``fn``.
-
-        A call with keywords only, one of them an option name, configures: a misspelt option
-        next to a valid one (``n=10, bufer=5``) is named, with the valid ones, rather than
-        passed to ``fn``.
-        """
-        if not args and kwargs and not set(kwargs).isdisjoint(self._options):
-            return self.configure(**kwargs)
-        return fn(*args, **kwargs)
-
-    def configure(self, **options: Any) -> Any:
-        """A copy with ``options`` changed (validated as when built)."""
-        unknown = set(options) - self._options
-        if unknown:
-            hints = [
-                f"{name} (did you mean {close[0]}?)" if close else name
-                for name in sorted(unknown)
-                for close in [difflib.get_close_matches(name, self._options, n=1)]
-            ]
-            raise TypeError(
-                f"{self!r}: unknown option(s) {', '.join(hints)}; "
-                f"options are {', '.join(sorted(self._options))}"
-            )
-        return attrs.evolve(self, **options)  # type: ignore[misc]
-
-
-def _fmt_options(instance: Any, skip: tuple[str, ...] = ()) -> list[str]:
-    out = []
-    for a in attrs.fields(type(instance)):
-        if a.name in skip or not a.repr:
-            continue
-        value = getattr(instance, a.name)
-        if value != a.default:
-            out.append(f"{a.name}={v.describe(value)}")
-    return out
-
-
-def _check_retry(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and not isinstance(value, Retry):
-        raise TypeError(f"retry={value!r} must be a trioflow.Retry or None")
-
-
-def _name(value: Any) -> str:
-    return v.describe(value)
-
 
 @final
 @attrs.frozen(repr=False)
-class Process(Stage[In, Out]):
-    """``n`` concurrent calls of ``fn(item) -> item``; see :func:`process` and :func:`sink`."""
-
-    fn: Callable[[Any], Any]
-    n: int | Adaptive = 1
-    ordered: bool = False
-    partition_by: Callable[[Any], Hashable] | None = None
-    retry: Retry | None = attrs.field(default=None, validator=_check_retry)
-    timeout: float | None = None
-    buffer: int | None = None
-    thread: bool = False
-    messages: bool = False
-    name: str | None = None
-    terminal: bool = attrs.field(default=False, repr=False)
-    parallel: bool = False
-    breaker: Breaker | None = None
-
-    _options: ClassVar[frozenset[str]] = frozenset(
-        {
-            "breaker",
-            "n",
-            "ordered",
-            "partition_by",
-            "retry",
-            "timeout",
-            "buffer",
-            "thread",
-            "messages",
-            "name",
-            "parallel",
-        }
-    )
-
-    def __attrs_post_init__(self) -> None:
-        where = "sink" if self.terminal else "process"
-        v.callable_("fn", self.fn, where)
-        if inspect.isasyncgenfunction(self.fn):
-            raise TypeError(
-                f"{where}({_name(self.fn)}): an async generator function yields several items "
-                "per input; use flat_map() for it (or use it as a source)"
-            )
-        if not isinstance(self.n, Adaptive):
-            v.positive_int("n", self.n)
-        if self.breaker is not None and not isinstance(self.breaker, Breaker):
-            raise TypeError(f"{where}: breaker={self.breaker!r} must be a trioflow.Breaker or None")
-        v.optional_callable("partition_by", self.partition_by, where)
-        v.optional_positive_number("timeout", self.timeout)
-        v.optional_positive_int("buffer", self.buffer)
-        if self.thread and inspect.iscoroutinefunction(self.fn):
-            raise TypeError(f"{where}({_name(self.fn)}): thread=True needs a plain (sync) function")
-        if self.parallel:
-            if self.thread:
-                raise ValueError(
-                    f"{where}({_name(self.fn)}): thread=True and parallel=True: choose one"
-                )
-            if self.is_async or self.messages:
-                raise TypeError(
-                    f"{where}({_name(self.fn)}): parallel=True runs a plain (sync) function of the "
-                    "data in worker processes"
-                )
-        if self.timeout is not None and not (self.thread or self.parallel or self.is_async):
-            raise ValueError(
-                f"{where}({_name(self.fn)}): timeout needs an async function or thread=True "
-                "(a plain function called inline cannot be interrupted)"
-            )
-        if self.partition_by is not None and self.ordered:
-            raise ValueError(
-                "partition_by and ordered=True: choose one (partition_by orders per key)"
-            )
-
-    @property
-    def is_async(self) -> bool:
-        """Whether ``fn`` is awaited (an ``async def`` function or callable)."""
-        return _is_async_callable(self.fn)
-
-    @property
-    def max_n(self) -> int:
-        """The most calls the stage may run at once (``n``, or an :class:`Adaptive` limit's max)."""
-        return self.n.max if isinstance(self.n, Adaptive) else self.n
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """With only option keywords, a configured copy; otherwise call ``fn`` (for tests)."""
-        return self.configure_or_call(self.fn, args, kwargs)
-
-    @property
-    def label(self) -> str:
-        return self.name or _name(self.fn)
-
-    def __repr__(self) -> str:
-        kind = "sink" if self.terminal else "process"
-        return f"{kind}({', '.join([_name(self.fn), *_fmt_options(self, ('fn',))])})"
-
-
-def _is_async_callable(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004
-    )
-
-
-def process(
-    fn: Callable[[In], Any],
-    n: int | Adaptive = 1,
-    *,
-    ordered: bool = False,
-    partition_by: Callable[[In], Hashable] | None = None,
-    retry: Retry | None = None,
-    timeout: float | None = None,
-    buffer: int | None = None,
-    thread: bool = False,
-    messages: bool = False,
-    name: str | None = None,
-    parallel: bool = False,
-    breaker: Breaker | None = None,
-) -> Process[In, Any]:
-    """Run ``n`` concurrent calls of ``fn(item) -> item``.
-
-    ``async def`` functions are awaited; plain functions are called inline, or in a worker
-    thread with ``thread=True`` (blocking calls), or in worker processes with ``parallel=True``
-    (CPU-bound work over several cores, through trio-parallel: ``fn``, its items and results
-    must pickle, and the entry script must start the pipeline under
-    ``if __name__ == "__main__":``). An exception fails that item, not the pipeline. With ``n=1``
-    input order is kept; with ``ordered=True`` it is kept for any ``n``; with
-    ``partition_by=key`` items of equal keys go through one at a time, in input order.
-    ``buffer`` (items, default :data:`DEFAULT_BUFFER`) bounds the stage's input queue.
-    ``n=Adaptive(min, max)`` lets the limit follow the latency the calls see;
-    ``breaker=Breaker(...)`` pauses the sources while the calls keep failing
-    (docs/concepts/flow-control.md).
-
-    Back-pressure: a worker that cannot hand its output on waits, holding its slot.
-
-    Examples:
-        >>> decode_stage = process(decode, n=10, retry=Retry(attempts=3))
-    """
-    return Process(
-        fn,
-        n,
-        ordered,
-        partition_by,
-        retry,
-        timeout,
-        buffer,
-        thread,
-        messages,
-        name,
-        False,
-        parallel,
-        breaker,
-    )
-
-
-def sink(
-    fn: Callable[[In], Any],
-    n: int | Adaptive = 1,
-    *,
-    retry: Retry | None = None,
-    timeout: float | None = None,
-    buffer: int | None = None,
-    thread: bool = False,
-    messages: bool = False,
-    name: str | None = None,
-    breaker: Breaker | None = None,
-) -> Process[In, None]:
-    """A terminal stage: when ``fn(item)`` returns, every message in the item is acked.
-
-    After a :func:`batch`, the item is a list and its success acks all of its messages. Nothing
-    may follow a sink.
-
-    Examples:
-        >>> pipeline = from_iterable(rows) | batch(500, 1.0) | sink(save_rows)
-    """
-    return Process(
-        fn, n, False, None, retry, timeout, buffer, thread, messages, name, True, False, breaker
-    )
-
-
-@final
-@attrs.frozen(repr=False)
-class Filter(Stage[In, In]):
+class Filter(Stage[T, T]):
     """Keep the items for which ``pred`` is true; see :func:`filter`."""
 
     pred: Callable[[Any], Any]
@@ -327,19 +65,19 @@ class Filter(Stage[In, In]):
 
     @property
     def is_async(self) -> bool:
-        return _is_async_callable(self.pred)
+        return is_async_callable(self.pred)
 
     @property
     def label(self) -> str:
-        return self.name or f"filter({_name(self.pred)})"
+        return self.name or f"filter({describe(self.pred)})"
 
     def __repr__(self) -> str:
-        return f"filter({', '.join([_name(self.pred), *_fmt_options(self, ('pred',))])})"
+        return f"filter({', '.join([describe(self.pred), *fmt_options(self, ('pred',))])})"
 
 
 def filter(
-    pred: Callable[[In], Any], *, buffer: int | None = None, name: str | None = None
-) -> Filter[In]:
+    pred: Callable[[Item], object], *, buffer: int | None = None, name: str | None = None
+) -> Filter[Item]:
     """Keep items for which ``pred(item)`` (sync or async) is true.
 
     Dropped items count as successful: they are acked at once (and counted in ``filtered``).
@@ -366,15 +104,33 @@ class FlatMap(Stage[In, Out]):
 
     @property
     def label(self) -> str:
-        return self.name or f"flat_map({_name(self.fn)})"
+        return self.name or f"flat_map({describe(self.fn)})"
 
     def __repr__(self) -> str:
-        return f"flat_map({', '.join([_name(self.fn), *_fmt_options(self, ('fn',))])})"
+        return f"flat_map({', '.join([describe(self.fn), *fmt_options(self, ('fn',))])})"
 
 
+@overload
 def flat_map(
-    fn: Callable[[In], Any], *, buffer: int | None = None, name: str | None = None
-) -> FlatMap[In, Any]:
+    fn: Callable[[Item], AsyncIterable[Result]],
+    *,
+    buffer: int | None = None,
+    name: str | None = None,
+) -> FlatMap[Item, Result]: ...
+@overload
+def flat_map(
+    fn: Callable[[Item], Awaitable[Iterable[Result]]],
+    *,
+    buffer: int | None = None,
+    name: str | None = None,
+) -> FlatMap[Item, Result]: ...
+@overload
+def flat_map(
+    fn: Callable[[Item], Iterable[Result]], *, buffer: int | None = None, name: str | None = None
+) -> FlatMap[Item, Result]: ...
+def flat_map(
+    fn: Callable[[Any], Any], *, buffer: int | None = None, name: str | None = None
+) -> FlatMap[Any, Any]:
     """Turn one item into zero or more: ``fn`` returns an iterable (sync or async function) or is
     an async generator function.
 
@@ -389,8 +145,11 @@ def flat_map(
 
 @final
 @attrs.frozen(repr=False)
-class Unbatch(Stage[Any, Any]):
-    """Turn batches back into single items; see :func:`unbatch`."""
+class Unbatch(Stage[Iterable[Any], Any]):
+    """Turn batches back into single items; see :func:`unbatch`.
+
+    Not generic: ``|`` gives it the element type of the iterable items before it.
+    """
 
     buffer: int | None = None
     name: str | None = None
@@ -404,7 +163,7 @@ class Unbatch(Stage[Any, Any]):
         return self.name or "unbatch()"
 
     def __repr__(self) -> str:
-        return f"unbatch({', '.join(_fmt_options(self))})"
+        return f"unbatch({', '.join(fmt_options(self))})"
 
 
 def unbatch(*, buffer: int | None = None, name: str | None = None) -> Unbatch:
@@ -428,8 +187,12 @@ DEFAULT_BATCH_TIMEOUT = 1.0
 
 @final
 @attrs.frozen(repr=False)
-class BatchStage(Stage[In, list[In]]):
-    """Group items into :class:`~trioflow.Batch` lists; see :func:`batch`."""
+class BatchStage(Stage[Any, Batch[Any]]):
+    """Group items into :class:`~trioflow.Batch` lists; see :func:`batch`.
+
+    Not generic, so ``batch(100, 1.0)`` needs no annotation: ``|`` makes a ``Batch`` of the
+    items before it.
+    """
 
     size: int
     timeout: float | None = DEFAULT_BATCH_TIMEOUT
@@ -465,7 +228,7 @@ class BatchStage(Stage[In, list[In]]):
             args.append(repr(self.timeout))
         else:
             args.append("timeout=None")
-        args += _fmt_options(self, ("size", "timeout"))
+        args += fmt_options(self, ("size", "timeout"))
         return f"batch({', '.join(args)})"
 
 
@@ -473,12 +236,12 @@ def batch(
     size: int,
     timeout: float | None = DEFAULT_BATCH_TIMEOUT,
     *,
-    key: Callable[[In], Hashable] | None = None,
-    weight: Callable[[In], float] | None = None,
+    key: Callable[[Any], Hashable] | None = None,
+    weight: Callable[[Any], float] | None = None,
     max_weight: float | None = None,
     buffer: int | None = None,
     name: str | None = None,
-) -> BatchStage[In]:
+) -> BatchStage:
     """Emit :class:`~trioflow.Batch` lists of at most ``size`` items.
 
     A partial batch is emitted ``timeout`` seconds after its first item arrived (1.0 s by
@@ -500,8 +263,11 @@ def batch(
 
 @final
 @attrs.frozen(repr=False)
-class RateLimit(Stage[In, In]):
-    """Let at most ``count`` items through per ``per`` seconds; see :func:`rate_limit`."""
+class RateLimit(Stage[Any, Any]):
+    """Let at most ``count`` items through per ``per`` seconds; see :func:`rate_limit`.
+
+    Not generic: ``|`` passes the element type before it through.
+    """
 
     count: int
     per: float = 1.0
@@ -519,13 +285,13 @@ class RateLimit(Stage[In, In]):
         return self.name or repr(self)
 
     def __repr__(self) -> str:
-        args = [repr(self.count), *_fmt_options(self, ("count",))]
+        args = [repr(self.count), *fmt_options(self, ("count",))]
         return f"rate_limit({', '.join(args)})"
 
 
 def rate_limit(
     count: int, per: float = 1.0, *, buffer: int | None = None, name: str | None = None
-) -> RateLimit[In]:
+) -> RateLimit:
     """At most ``count`` items pass in any window of ``per`` seconds (a sliding window).
 
     Items wait in the stage (and back-pressure builds behind it) until they may pass.
@@ -536,7 +302,7 @@ def rate_limit(
     return RateLimit(count, per, buffer, name)
 
 
-def _branches(value: Mapping[Any, Any]) -> tuple[tuple[Any, Pipeline], ...]:
+def _branches(value: Mapping[Any, Any]) -> tuple[tuple[Any, Pipeline[Any, Any]], ...]:
     from ._pipeline import as_fragment
 
     if not isinstance(value, Mapping) or not value:
@@ -546,11 +312,11 @@ def _branches(value: Mapping[Any, Any]) -> tuple[tuple[Any, Pipeline], ...]:
 
 @final
 @attrs.frozen(repr=False)
-class Route(Stage[In, Any]):
+class Route(Stage[T, Any]):
     """Send each item to one branch by key; see :func:`route`."""
 
     key: Callable[[Any], Hashable]
-    branches: tuple[tuple[Any, Pipeline], ...] = attrs.field(converter=_branches)
+    branches: tuple[tuple[Any, Pipeline[Any, Any]], ...] = attrs.field(converter=_branches)
     buffer: int | None = None
     name: str | None = None
     _options: ClassVar[frozenset[str]] = frozenset({"buffer", "name"})
@@ -561,21 +327,21 @@ class Route(Stage[In, Any]):
 
     @property
     def label(self) -> str:
-        return self.name or f"route({_name(self.key)})"
+        return self.name or f"route({describe(self.key)})"
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k!r}: {b!r}" for k, b in self.branches)
-        extra = "".join(f", {o}" for o in _fmt_options(self, ("key", "branches")))
-        return f"route({_name(self.key)}, {{{inner}}}{extra})"
+        extra = "".join(f", {o}" for o in fmt_options(self, ("key", "branches")))
+        return f"route({describe(self.key)}, {{{inner}}}{extra})"
 
 
 def route(
-    key_fn: Callable[[In], Hashable],
-    branches: Mapping[Any, Any],
+    key_fn: Callable[[Item], Hashable],
+    branches: Mapping[Any, Composable[Item, Any] | Callable[[Item], Any]],
     *,
     buffer: int | None = None,
     name: str | None = None,
-) -> Route[In]:
+) -> Route[Item]:
     """Send each item to the branch named by ``key_fn(item)``.
 
     A branch is a pipeline without a source, or a single stage. An item whose key has no branch
@@ -587,35 +353,3 @@ def route(
         >>> by_kind = route(lambda e: e.kind, branches)
     """
     return Route(key_fn, branches, buffer, name)
-
-
-@overload
-def stage(fn: Callable[..., Any], /) -> Any: ...
-@overload
-def stage(fn: None = None, /, **options: Any) -> Callable[[Callable[..., Any]], Any]: ...
-def stage(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-    """Turn a user function into a stage: ``@stage`` or ``@stage(n=10, ...)``.
-
-    An async generator function becomes a source; an async or sync function a processor
-    (:func:`process`, whose options it takes). The result stays callable: with only option keywords
-    it returns a configured copy (``decode(n=10)``), with an item it calls the function
-    (``await decode(raw)``, for unit tests).
-
-    Examples:
-        >>> @stage
-        ... async def source():
-        ...     for i in range(10):
-        ...         yield i
-        >>> @stage(n=4)
-        ... async def double(x):
-        ...     return 2 * x
-        >>> pipeline = source | double(n=8) | sink(print)
-    """
-    if fn is None:
-        return lambda f: stage(f, **options)
-    if inspect.isasyncgenfunction(fn):
-        from ._sources import AsyncGenSource
-
-        src: AsyncGenSource[Any] = AsyncGenSource(fn)
-        return src.configure(**options) if options else src
-    return process(fn, **options)

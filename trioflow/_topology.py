@@ -116,7 +116,7 @@ def _chain(
     branch: Any = None,
 ) -> int:
     """Lay out ``stages`` (whose first input items weigh ``weight`` messages) before ``after``."""
-    weights = []
+    weights: list[int] = []
     for stage in stages:
         weights.append(weight)
         weight = _weight_after(stage, weight)
@@ -158,7 +158,7 @@ def _weight_after(stage: Stage[Any, Any], weight: int) -> int:
 def _unique_labels(nodes: list[Node]) -> list[Node]:
     seen: Counter[str] = Counter(n.label for n in nodes)
     count: Counter[str] = Counter()
-    out = []
+    out: list[Node] = []
     for n in reversed(nodes):  # creation order was last-to-first
         if seen[n.label] > 1:
             count[n.label] += 1

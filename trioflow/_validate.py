@@ -66,6 +66,6 @@ def describe(value: Any, limit: int = 60) -> str:
         if getattr(type(value), "__repr__", None) is object.__repr__:
             return f"{type(value).__qualname__}()"
     text = repr(value)
-    if len(text) <= limit or hasattr(type(value), "__attrs_attrs__"):
+    if len(text) <= limit or hasattr(type(value), "__attrs_attrs__"):  # pyright: ignore[reportUnknownArgumentType]
         return text
     return text[: limit - 3] + "..."

@@ -46,7 +46,7 @@ def tasks(
 
 
 async def _run(
-    stage: BatchStage[Any],
+    stage: BatchStage,
     inq: ChunkQueue,
     out: Emitter,
     ctx: StageContext,
@@ -133,7 +133,7 @@ async def _run(
 Weigher = Callable[[Any], float]
 
 
-def _weigher(stage: BatchStage[Any], ctx: StageContext) -> Weigher:
+def _weigher(stage: BatchStage, ctx: StageContext) -> Weigher:
     fn = stage.weight
     assert fn is not None
     limit = stage.max_weight

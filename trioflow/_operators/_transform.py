@@ -114,12 +114,12 @@ async def _flat_map(inq: ChunkQueue, out: Emitter, ctx: StageContext, fn: Any, t
                 if inspect.isawaitable(result):
                     result = await result
                 if isinstance(result, AsyncIterable):
-                    async for child in result:
+                    async for child in result:  # pyright: ignore[reportUnknownVariableType]
                         add(child, parent)
                         if len(pending) >= flush_at:
                             await pending.flush(out)
                 elif isinstance(result, Iterable):
-                    for child in result:
+                    for child in result:  # pyright: ignore[reportUnknownVariableType]
                         add(child, parent)
                         if len(pending) >= flush_at:
                             await pending.flush(out)
@@ -161,18 +161,19 @@ async def _unbatch(inq: ChunkQueue, out: Emitter, ctx: StageContext, take: int) 
                 )
                 ctx.fail(origin, value, error)
                 continue
-            if type(origin) is Group and len(origin.members) == len(value):
-                out_v.extend(value)
+            batch: list[Any] = value  # pyright: ignore[reportUnknownVariableType]
+            if type(origin) is Group and len(origin.members) == len(batch):
+                out_v.extend(batch)
                 out_o.extend(origin.members)
                 continue
             # the list no longer matches its messages: its items settle the batch together
             parent = settler.new_fanout(origin)
-            parent.remaining = len(value)
-            if not value:
+            parent.remaining = len(batch)
+            if not batch:
                 settler.ok([origin])
                 continue
-            out_v.extend(value)
-            out_o.extend([parent] * len(value))
+            out_v.extend(batch)
+            out_o.extend([parent] * len(batch))
         if out_v:
             await out.put_many(out_v, out_o)
 
