@@ -69,11 +69,15 @@ class Composable(Generic[In, Out]):
         return None
 
     @overload
-    def __or__(self: Composable[Item, Mid], other: BatchStage) -> Pipeline[Item, Batch[Mid]]: ...
+    def __or__(self: Composable[Item, Mid], other: BatchStage) -> Pipeline[Item, list[Mid]]: ...
     @overload
     def __or__(self: Composable[Item, Mid], other: RateLimit) -> Pipeline[Item, Mid]: ...
     @overload
     def __or__(self: Composable[Item, Iterable[Mid]], other: Unbatch) -> Pipeline[Item, Mid]: ...
+    @overload
+    def __or__(
+        self: Composable[Item, list[Mid]], other: Composable[Batch[Mid], Result]
+    ) -> Pipeline[Item, Result]: ...
     @overload
     def __or__(
         self: Composable[Item, Mid], other: Composable[Mid, Result]

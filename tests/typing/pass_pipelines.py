@@ -77,13 +77,13 @@ async def main() -> None:
     assert_type(p1 | tf.flat_map(chars), tf.Pipeline[None, str])
 
     batched = ints | tf.batch(10, 1.0)
-    assert_type(batched, tf.Pipeline[None, tf.Batch[int]])
-    assert_type(await tf.collect(batched), list[tf.Batch[int]])
-    assert_type(p1 | batcher, tf.Pipeline[None, tf.Batch[str]])
+    assert_type(batched, tf.Pipeline[None, list[int]])
+    assert_type(await tf.collect(batched), list[list[int]])
+    assert_type(p1 | batcher, tf.Pipeline[None, list[str]])
     assert_type(batched | tf.unbatch(), tf.Pipeline[None, int])
     assert_type(batched | splitter | tf.process(to_str), tf.Pipeline[None, str])
     assert_type(ints | limiter, tf.Pipeline[None, int])
-    assert_type(ints | tf.batch(10, key=lambda x: x % 2), tf.Pipeline[None, tf.Batch[int]])
+    assert_type(ints | tf.batch(10, key=lambda x: x % 2), tf.Pipeline[None, list[int]])
 
     assert_type(p1 | tf.batch(10) | tf.sink(save_all), tf.Pipeline[None, None])
     assert_type(p1 | tf.batch(10) | tf.sink(save_batch), tf.Pipeline[None, None])
