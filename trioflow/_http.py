@@ -316,6 +316,11 @@ async def _respond(
         ("Content-Length", str(len(body))),
         ("Cache-Control", "no-store"),
         ("Connection", "close"),
+        # never inside another site's frame: a framed dashboard would carry its token, and a
+        # click there (clickjacking) would pass every guard of the controls
+        ("X-Frame-Options", "DENY"),
+        ("Content-Security-Policy", "frame-ancestors 'none'"),
+        ("X-Content-Type-Options", "nosniff"),
         *extra,
     ]
     data = conn.send(h11.Response(status_code=status, headers=headers, reason=_REASONS[status]))

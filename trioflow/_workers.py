@@ -129,7 +129,7 @@ class _Supervisor:
             status = await self.run_once(w)
             w.status = status
             if self.draining.is_set() or status in (EXIT_OK, EXIT_USAGE):
-                if status not in (EXIT_OK, 143) and not self.draining.is_set():
+                if status == EXIT_USAGE and not self.draining.is_set():
                     self.say(f"worker {w.index} {_describe(status)}: not restarted")
                 return
             if trio.current_time() - started >= HEALTHY_AFTER:
@@ -158,6 +158,9 @@ class _Supervisor:
         )
         w.process = process
         self.say(f"worker {w.index} started (pid {process.pid})")
+        if self.draining.is_set():
+            # the drain began while this worker was being spawned (drain() did not see it)
+            process.send_signal(signal.SIGTERM)
         out = bytearray()
         try:
             async with trio.open_nursery() as nursery:
@@ -404,6 +407,9 @@ def _status(sup: _Supervisor) -> int:
     worst = EXIT_OK
     for w in sup.workers:
         status = w.status if w.status is not None else EXIT_OK
+        if status == -signal.SIGTERM and sup.draining.is_set():
+            # our drain's signal reached it before its pipeline started: it had pulled nothing
+            status = EXIT_OK
         if status < 0:
             status = 128 - status
         worst = max(worst, status)
