@@ -279,12 +279,28 @@ FIGURES: list[tuple[str, str, str, Callable[[dict[str, Any]], Any], str, float]]
      lambda s: _paired(s, "W8", "one-acks", "one-plain", "throughput"), ">=", 0.75),
     ("W9", "W9 Kafka, 4 partitions, 5 ms handler: trioflow n=64 by key / confluent-kafka loop",
      ">= 10x", lambda s: _ratio(s, "W9", "trioflow"), ">=", 10.0),
+    ("W10", "W10 Adaptive(1, 64) throughput / best fixed n (simulated downstream)", ">= 0.9x",
+     lambda s: _ratio(s, "W10", "adaptive"), ">=", 0.9),
+    ("W10", "W10 Adaptive(1, 64) p95 latency over 10-30 s / base latency", "<= 2x",
+     lambda s: _result(s, "W10", "adaptive", "p95_x_base"), "<=", 2.0),
+    ("W10", "W10 Adaptive(1, 64) limit 20-30 s after C halved / new C", "<= 1.5x",
+     lambda s: _result(s, "W10", "adaptive", "settled_x_c"), "<=", 1.5),
+    ("W11", "W11 OpenTelemetry with a no-op provider / no instrument", ">= 0.9x",
+     lambda s: _ratio(s, "W11", "trioflow+noop"), ">=", 0.9),
 ]  # fmt: skip
 
 
 def _ratio(summary: dict[str, Any], key: str, impl: str) -> Any:
     row = summary.get(key, {}).get("rows", {}).get(impl)
     return None if row is None else row["ratio"]
+
+
+def _result(summary: dict[str, Any], key: str, impl: str, name: str) -> Any:
+    """A figure the implementation returned itself (median, min, max over its good runs)."""
+    row = summary.get(key, {}).get("rows", {}).get(impl)
+    if row is None:
+        return None
+    return _stats([r["result"][name] for r in row["runs"] if name in r.get("result", {})])
 
 
 def _figure(summary: dict[str, Any], key: str, impl: str, name: str) -> Any:

@@ -51,7 +51,6 @@ NOT_YET_MARKED: dict[str, str] = {
         ],
         _CONNECTOR_PAGE,
     ),
-    "docs/concepts/failure-and-retry.md": "being rewritten by another helper (flow control)",
 }
 
 

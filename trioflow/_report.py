@@ -66,7 +66,10 @@ class StageStats:
     ``batch``: how long items waited for their batch to leave). ``busy`` is the seconds workers
     held a chunk, summed over the stage's ``workers``; ``failed`` the items that failed in the
     stage. ``in_flight`` (items in the stage: queued or being worked on), ``queued`` and
-    ``capacity`` (its input buffer) are live figures: zero in a final report.
+    ``capacity`` (its input buffer) are live figures: zero in a final report. ``workers`` is
+    the stage's concurrency limit (for ``n=Adaptive(...)`` the limit it had last, after a
+    ``handle.resize`` the new size); ``breaker`` the state of its circuit breaker
+    (``"closed"``, ``"open"``, ``"half_open"``), or ``None`` without one.
 
     Examples:
         >>> report.stages["decode"].p99
@@ -83,6 +86,7 @@ class StageStats:
     in_flight: int = 0
     queued: int = 0
     capacity: int = 0
+    breaker: str | None = None
 
     @classmethod
     def of(
@@ -95,6 +99,7 @@ class StageStats:
         in_flight: int = 0,
         queued: int = 0,
         capacity: int = 0,
+        breaker: str | None = None,
     ) -> StageStats:
         """The quantiles of ``histogram``, and the other figures as given."""
         return cls(
@@ -108,6 +113,7 @@ class StageStats:
             in_flight,
             queued,
             capacity,
+            breaker,
         )
 
     def rate(self, elapsed: float) -> float:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import final
+from collections.abc import Callable
+from typing import Any, cast, final
 
 import attrs
 
@@ -72,15 +73,35 @@ class Backoff:
         return f"Backoff.exponential({', '.join(opts)})"
 
 
-def _check_on(instance: object, attribute: object, value: tuple[type[BaseException], ...]) -> None:
+def _check_on(instance: object, attribute: object, value: Any) -> None:
+    if callable(value) and not isinstance(value, (type, tuple)):
+        return  # a predicate
+    items = _as_tuple(value) if isinstance(value, tuple) else ()
     if not isinstance(value, tuple) or not all(
-        isinstance(t, type) and issubclass(t, Exception) for t in value
+        isinstance(t, type) and issubclass(t, Exception) for t in items
     ):
-        raise TypeError(f"on={value!r} must be a tuple of Exception subclasses")
+        raise TypeError(
+            f"on={value!r} must be a tuple of Exception subclasses or a predicate fn(exc) -> bool"
+        )
 
 
-def _to_tuple(value: object) -> object:
-    return value if isinstance(value, tuple) else (value,)
+def _as_tuple(value: Any) -> Any:
+    """``value`` (a tuple) as ``Any``: a type checker's narrowing of a union to ``tuple`` would
+    lose its item type."""
+    return value
+
+
+def _to_tuple(value: Any) -> Any:
+    if isinstance(value, tuple) or (callable(value) and not isinstance(value, type)):
+        return cast(Any, value)
+    return (value,)
+
+
+def _check_deadline(instance: object, attribute: object, value: float | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"deadline={value!r} must be a positive number of seconds or None")
 
 
 def _check_attempts(instance: object, attribute: object, value: int) -> None:
@@ -88,18 +109,29 @@ def _check_attempts(instance: object, attribute: object, value: int) -> None:
         raise ValueError(f"attempts={value!r} must be a positive integer")
 
 
+def _check_hold(instance: object, attribute: object, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"hold={value!r} must be True or False")
+
+
 @final
 @attrs.frozen(repr=False)
 class Retry:
-    """Retry a failing call in place before the item fails.
+    """Retry a failing call before the item fails.
 
     ``attempts`` counts every call, the first included: ``Retry(attempts=3)`` calls at most three
     times and waits ``backoff.delay(1)`` then ``backoff.delay(2)`` in between. Only exceptions that
-    are instances of ``on`` are retried; others fail the item at once, and :class:`~trioflow.Fatal`
-    is never retried. The worker keeps its slot while it waits, so back-pressure holds.
+    are instances of ``on`` (or for which the predicate ``on(exc)`` is true) are retried; others
+    fail the item at once, and :class:`~trioflow.Fatal` is never retried. ``deadline`` bounds the
+    seconds from an item's first call to the start of its last retry: a retry that would start
+    later is not made (the item fails with the last exception). With ``hold=True`` (the default)
+    the worker keeps its slot while it waits, so back-pressure holds; with ``hold=False`` the
+    slot is free for other items while this one waits for its next attempt (it still counts
+    against the stage's buffer; see docs/concepts/failure-and-retry.md).
 
     Examples:
         >>> policy = Retry(attempts=5, backoff=Backoff.constant(0.5), on=(ConnectionError,))
+        >>> transient = Retry(on=lambda exc: getattr(exc, "status", 0) >= 500, deadline=60.0)
     """
 
     attempts: int = attrs.field(default=3, validator=_check_attempts)
@@ -107,15 +139,61 @@ class Retry:
         factory=lambda: Backoff.exponential(0.1, max=5.0, jitter=True),
         validator=attrs.validators.instance_of(Backoff),
     )
-    on: tuple[type[Exception], ...] = attrs.field(
+    on: tuple[type[Exception], ...] | Callable[[BaseException], bool] = attrs.field(
         default=(Exception,), converter=_to_tuple, validator=_check_on
     )
+    deadline: float | None = attrs.field(default=None, validator=_check_deadline)
+    hold: bool = attrs.field(default=True, validator=_check_hold)
+
+    def should_retry(self, exc: BaseException, attempt: int, spent: float) -> float | None:
+        """The delay before the next call after call ``attempt`` raised ``exc`` (``spent``
+        seconds after the item's first call), or ``None`` if the item fails now.
+
+        ``exc`` is not a :class:`~trioflow.Fatal` (the caller checked). Exception groups are
+        looked into: types must match every leaf; a predicate is asked about every leaf.
+        """
+        if attempt >= self.attempts or not _retryable(exc, self.on):
+            return None
+        delay = self.backoff.delay(attempt)
+        if self.deadline is not None and spent + delay > self.deadline:
+            return None
+        return delay
 
     def __repr__(self) -> str:
         parts = [f"attempts={self.attempts}"]
         if self.backoff != Backoff.exponential(0.1, max=5.0, jitter=True):
             parts.append(f"backoff={self.backoff!r}")
-        if self.on != (Exception,):
-            names = [t.__name__ for t in self.on]
-            parts.append(f"on=({', '.join(names)}{',' if len(names) == 1 else ''})")
+        on = self.on
+        if isinstance(on, tuple):
+            if on != (Exception,):
+                types: tuple[type[Exception], ...] = _as_tuple(on)
+                names = [t.__name__ for t in types]
+                parts.append(f"on=({', '.join(names)}{',' if len(names) == 1 else ''})")
+        else:
+            parts.append(f"on={getattr(on, '__qualname__', None) or repr(on)}")
+        if self.deadline is not None:
+            parts.append(f"deadline={self.deadline!r}")
+        if not self.hold:
+            parts.append("hold=False")
         return f"Retry({', '.join(parts)})"
+
+
+def _retryable(
+    exc: BaseException, on: tuple[type[Exception], ...] | Callable[[BaseException], bool]
+) -> bool:
+    if isinstance(on, tuple):
+        types: tuple[type[Exception], ...] = _as_tuple(on)
+        if isinstance(exc, types):
+            return True
+        if isinstance(exc, BaseExceptionGroup):
+            group = cast("BaseExceptionGroup[BaseException]", exc)
+            return group.split(types)[1] is None
+        return False
+    return all(bool(on(leaf)) for leaf in _leaves(exc))
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", exc)
+        return [leaf for inner in group.exceptions for leaf in _leaves(inner)]
+    return [exc]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any, final
 
 import trio
@@ -29,6 +30,7 @@ from ._groups import fatal_of, strip_cancelled
 from ._metrics import SNAPSHOT_VERSION, Meter, MeteredEntry, Rates, source_figures
 from ._operators import _batch, _process, _rate_limit, _route, _transform
 from ._operators._context import Emitter, StageContext, Terminal, bound
+from ._operators._steer import SourceHolds, Steering, describe_control
 from ._pipeline import Pipeline
 from ._queue import ChunkQueue
 from ._report import Histogram, RunReport, StageStats
@@ -60,17 +62,49 @@ class PipelineHandle:
     def pause(self) -> None:
         """Stop the sources pulling: what is in flight finishes and is acked, nothing new comes
         in; broker connections stay open (a Kafka source pauses its partitions and keeps its
-        group membership). Idempotent; :meth:`resume` undoes it, a drain still works.
+        group membership). Idempotent; :meth:`resume` undoes it, a drain still works. A stage's
+        open breaker pauses the sources too, on its own account: :meth:`resume` does not lift
+        a breaker's pause, and a breaker closing does not lift this one.
 
         Examples:
             >>> handle.pause()   # e.g. while a downstream database is maintained
             >>> handle.resume()
         """
-        self._run.gate.pause()
+        self._run.holds.hold("user", True)
 
     def resume(self) -> None:
         """Let the sources pull again after :meth:`pause` (idempotent)."""
-        self._run.gate.resume()
+        self._run.holds.hold("user", False)
+
+    def resize(self, stage: str, n: int) -> None:
+        """Let ``process``/``sink`` stage ``stage`` (its name as in the report) run ``n`` calls
+        at once from now on.
+
+        Growing starts more workers at once; shrinking lets the extra workers finish the call
+        they are in, then wait, holding no item. A stage of ``n=1`` resized to more no longer
+        keeps input order (unless it was built with ``ordered=True``; ``partition_by`` keeps
+        per-key order at any size). The stage may then hold up to ``max(buffer, n)`` items in
+        its workers, beside its buffer. A stage with ``n=Adaptive(...)`` refuses: its limit
+        follows latency (``ValueError``). Raises ``KeyError`` for an unknown name (the message
+        lists the stages), ``TypeError`` for a stage that is not ``process``/``sink``,
+        ``ValueError`` for an ``n`` that is not a positive integer.
+
+        Examples:
+            >>> handle.resize("save", 16)
+        """
+        ctx = self._context(stage, "resize")
+        control = ctx.control
+        if not isinstance(control, Steering):
+            raise TypeError(f"resize: stage {stage!r} is not a process or sink stage")
+        control.resize(n)
+
+    def _context(self, stage: str, what: str) -> StageContext:
+        run = self._run
+        contexts = {run.contexts[i].label: run.contexts[i] for i in stage_order(run.topology)}
+        ctx = contexts.get(stage)
+        if ctx is None:
+            raise KeyError(f"{what}: no stage named {stage!r} (stages: {', '.join(contexts)})")
+        return ctx
 
     def set_rate(self, stage: str, count: int, per: float = 1.0) -> None:
         """Let ``rate_limit`` stage ``stage`` (its name as in the report) pass ``count`` items
@@ -83,19 +117,15 @@ class PipelineHandle:
             raise ValueError(f"set_rate: count={count!r} must be a positive integer")
         if not isinstance(per, (int, float)) or not per > 0:
             raise ValueError(f"set_rate: per={per!r} must be a positive number of seconds")
-        contexts = {ctx.label: ctx for ctx in self._run.contexts}
-        ctx = contexts.get(stage)
-        if ctx is None:
-            raise KeyError(f"set_rate: no stage named {stage!r} (stages: {', '.join(contexts)})")
-        control = ctx.control
+        control = self._context(stage, "set_rate").control
         if not hasattr(control, "per"):
             raise TypeError(f"set_rate: stage {stage!r} is not a rate_limit stage")
         control.set(count, float(per))
 
     @property
     def paused(self) -> bool:
-        """Whether :meth:`pause` is in effect."""
-        return self._run.gate.paused
+        """Whether :meth:`pause` is in effect (a breaker's pause aside: see ``snapshot()``)."""
+        return self._run.holds.has("user")
 
     @property
     def metrics(self) -> RunReport:
@@ -176,8 +206,11 @@ class _Run:
         self.outer: trio.CancelScope | None = None
         self.outlets: list[Outlet] = []
         self.draining = False
-        #: handle.pause() / resume(): the sources' switch
+        #: the sources' switch, closed while anyone holds it: handle.pause(), open breakers
         self.gate = Gate()
+        self.holds = SourceHolds(self.gate)
+        for ctx in self.contexts:
+            ctx.hold_sources = partial(self.holds.hold, f"breaker:{ctx.label}")
 
     def stop_sources(self) -> None:
         """Graceful drain: every source stops pulling (after the hand-over it is in, if any)."""
@@ -207,6 +240,7 @@ class _Run:
             in_flight=queued + ctx.active,
             queued=queued,
             capacity=self.topology.nodes[idx].buffer,
+            breaker=describe_control(ctx.control),
         )
 
     def report(self) -> RunReport:
@@ -279,6 +313,7 @@ class _Run:
                     "p50": st.p50,
                     "p95": st.p95,
                     "p99": st.p99,
+                    "breaker": st.breaker,
                 }
             )
         e2e = report.end_to_end
@@ -444,6 +479,7 @@ async def run_pipeline(
                 async with trio.open_nursery() as inner:
                     for idx, node in enumerate(topology.nodes):
                         ctx = run.contexts[idx]
+                        ctx.spawn = partial(_spawn, inner, run, node.label, ctx)
                         for fn in _node_tasks(node, queues[idx], target, drop, ctx):
                             inner.start_soon(run.guard, node.label, bound(ctx, fn))
                     entry = target(topology.entry)
@@ -470,6 +506,17 @@ async def run_pipeline(
     if tel.has_pipeline_stop:
         tel.emit("pipeline_stop", report)
     return report
+
+
+def _spawn(
+    nursery: trio.Nursery,
+    run: _Run,
+    label: str,
+    ctx: StageContext,
+    fn: Callable[[], Awaitable[None]],
+) -> None:
+    """One more task of a stage (a resize that grows it), guarded like the others."""
+    nursery.start_soon(run.guard, label, bound(ctx, fn))
 
 
 async def _ack_then_release(

@@ -99,6 +99,10 @@ class Instrument:
     def source_reconnected(self, source: str, attempts: int, downtime: float) -> None:
         """``source`` is connected again after ``attempts`` tries and ``downtime`` seconds."""
 
+    def breaker(self, stage: str, state: str) -> None:
+        """The breaker of ``stage`` changed state: ``"open"`` (calls stop, sources pause),
+        ``"half_open"`` (one probe call is under way) or ``"closed"`` (sources resume)."""
+
     def wrap_call(
         self, stage: str, call: Callable[[Any], Awaitable[Any]]
     ) -> Callable[[Any], Awaitable[Any]] | None:
@@ -175,6 +179,7 @@ class Telemetry:
     has_buffer_full: bool
     has_source_disconnected: bool
     has_source_reconnected: bool
+    has_breaker: bool
 
     def __init__(self, instruments: list[Instrument]) -> None:
         self._instruments = list(instruments)

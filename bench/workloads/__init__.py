@@ -1,4 +1,4 @@
-"""The workloads W1-W9; each module has TITLE, DESCRIPTION, METRIC, SIZES, expected(), IMPLS.
+"""The workloads W1-W11; each module has TITLE, DESCRIPTION, METRIC, SIZES, expected(), IMPLS.
 
 Optional: ``PEER_SIZES`` (sizes for slow implementations in the default run, so the suite stays
 within a few minutes; throughput is what is compared), ``NOTES``, ``SKIPPED`` (implementation ->
@@ -24,6 +24,8 @@ MODULES = {
     "W7": "w7_wakeup",
     "W8": "w8_ack_cost",
     "W9": "w9_kafka",
+    "W10": "w10_adaptive",
+    "W11": "w11_tracing",
 }
 
 

@@ -148,9 +148,11 @@ class StageContext:
         "draining",
         "failed",
         "histogram",
+        "hold_sources",
         "label",
         "meter",
         "settler",
+        "spawn",
         "telemetry",
         "workers",
     )
@@ -176,6 +178,11 @@ class StageContext:
         self.control: Any = None
         #: whether a graceful drain is under way (the runner sets it to read the run's state)
         self.draining: Callable[[], bool] = _never
+        #: starts one more task of this stage in the run's stage nursery (a resize that grows)
+        self.spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None
+        #: ``hold_sources(True)`` pauses the run's sources for this stage (an open breaker),
+        #: ``hold_sources(False)`` lifts this stage's hold; a user's pause is kept apart
+        self.hold_sources: Callable[[bool], None] = _ignore
 
     def chunk_start(self, items: int) -> None:
         """A worker took ``items`` items (call once per chunk)."""
@@ -229,6 +236,10 @@ NOTE_PREFIX = "trioflow: in stage "
 
 def _never() -> bool:
     return False
+
+
+def _ignore(on: bool) -> None:
+    pass
 
 
 def note_item(exc: BaseException, label: str, value: Any) -> None:

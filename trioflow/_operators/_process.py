@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
-from heapq import heappop, heappush
 from typing import Any
 
 import attrs
@@ -28,11 +26,11 @@ import trio
 from trio.lowlevel import ParkingLot
 
 from .._acking import Fanout, Group
-from .._awaitables import checked_key, has_awaitables, is_awaitable
+from .._awaitables import has_awaitables, is_awaitable
 from .._batches import Batch
 from .._bulk import Lots, plain_data
 from .._exceptions import Fatal, StageTimeout
-from .._groups import is_fatal, matches
+from .._groups import is_fatal
 from .._lazy import require
 from .._message import Message
 from .._queue import FAILED, ChunkQueue, Pending
@@ -40,7 +38,8 @@ from .._stages import Process
 from .._topology import Node
 from .._validate import describe
 from ._context import Emitter, StageContext
-from ._traced import traced
+from ._steer import Steering
+from ._traced import wrapped_call
 
 __all__ = ["tasks"]
 
@@ -60,18 +59,37 @@ def tasks(
     call, is_async = make_call(stage, ctx)
     views = stage.messages
     wrappers = ctx.telemetry.call_wrappers(ctx.label)
-    if wrappers:  # an instrument (a tracer) sees each call with the item's message
-        call, is_async, views = traced(call, is_async, stage.messages, wrappers), True, True
+    wrapped = wrapped_call(call, is_async, stage.messages, wrappers) if wrappers else None
+    if wrapped is not None:  # an instrument (a tracer) sees each call with the item's message
+        call, is_async, views = wrapped, True, True
+    from ._flowing import flow_tasks, uses_flow  # (they build on this module)
+    from ._partition import partitioned
+
+    if uses_flow(stage):
+        return flow_tasks(node, inq, out, ctx, call, is_async, views)
     n = stage.max_n
+    steer = Steering(ctx, n, n)
     if stage.partition_by is not None:
-        return _partitioned(node, stage, inq, out, ctx, call, is_async, views)
-    ctx.workers = n
-    for _ in range(n):
+        return partitioned(node, stage, inq, out, ctx, call, is_async, views, steer)
+    shared: list[Pool] = []
+
+    def the_pool() -> Pool:  # made when first needed: an n=1 stage has none until resized
+        if not shared:
+            shared.append(Pool(ctx, out, stage, node.buffer, views))
+        return shared[0]
+
+    def on_resize(k: int) -> None:
+        the_pool().resized(k, node.buffer)
+
+    def make_worker(idx: int) -> Callable[[], Awaitable[None]]:
         out.add_producer()
+        return partial(pool_worker, the_pool(), inq, call, is_async, steer, idx)
+
+    steer.on_resize, steer.make_worker = on_resize, make_worker
     if n == 1:
-        return [partial(worker, inq, out, ctx, call, is_async, node.buffer, views)]
-    pool = _Pool(ctx, out, stage, node.buffer, views)
-    return [partial(pool_worker, pool, inq, call, is_async) for _ in range(n)]
+        out.add_producer()
+        return [partial(worker, inq, out, ctx, call, is_async, node.buffer, views, steer, the_pool)]
+    return [make_worker(i) for i in range(n)]
 
 
 def make_call(stage: Process[Any, Any], ctx: StageContext) -> tuple[Call, bool]:
@@ -96,7 +114,7 @@ def make_call(stage: Process[Any, Any], ctx: StageContext) -> tuple[Call, bool]:
         fn, is_async = _in_processes(fn, stage, ctx.label), True
     if stage.timeout is not None:
         fn = _with_timeout(fn, stage.timeout, ctx.label)
-    if stage.retry is not None:
+    if stage.retry is not None and stage.retry.hold:
         fn = _with_retry(fn, is_async, stage, ctx)
         is_async = True
     return fn, is_async
@@ -153,20 +171,25 @@ def _with_timeout(fn: Call, timeout: float, label: str) -> Call:
 def _with_retry(fn: Call, is_async: bool, stage: Process[Any, Any], ctx: StageContext) -> Call:
     policy = stage.retry
     assert policy is not None
+    attempts = stage.messages  # the call sees ``attempt`` in its message's metadata
+    clock = trio.current_time
 
     async def retried(value: Any) -> Any:
         attempt = 1
+        first = clock()
         while True:
             try:
-                result = fn(value)
+                result = fn(with_attempt(value, attempt) if attempts else value)
                 if is_async or is_awaitable(result):
                     result = await result
                 return result
             except Exception as exc:
-                if is_fatal(exc) or not matches(exc, policy.on) or attempt >= policy.attempts:
+                if is_fatal(exc):
                     raise
-                _exception_event(ctx, value, exc)
-                delay = policy.backoff.delay(attempt)
+                delay = policy.should_retry(exc, attempt, clock() - first)
+                if delay is None:
+                    raise
+                exception_event(ctx, value, exc)
                 ctx.retried(value, attempt + 1, exc, delay)
             await trio.sleep(delay)
             attempt += 1
@@ -186,17 +209,28 @@ async def _await_results(
         except Exception as exc:
             if is_fatal(exc):
                 raise
-            results[i] = _failure(ctx, origins[i], inputs[i], exc)
+            results[i] = fail_item(ctx, origins[i], inputs[i], exc)
             p.holes = True
 
 
-def _view(lots: Lots, value: Any, origin: Any) -> Any:
+def with_attempt(view: Any, attempt: int) -> Any:
+    """The view of a ``messages=True`` stage with ``attempt`` in its metadata (in each message
+    of a batch)."""
+    if isinstance(view, Message):
+        return view.with_metadata(attempt=attempt)
+    if isinstance(view, list):
+        info = view.info if isinstance(view, Batch) else None
+        return Batch([with_attempt(m, attempt) for m in view], info)
+    return view
+
+
+def view_of(lots: Lots, value: Any, origin: Any) -> Any:
     """What a ``messages=True`` stage sees: the item as a message, or for a batch a
     :class:`~trioflow.Batch` of its members' messages (each with its own metadata)."""
     t = type(origin)
     if t is Group and isinstance(value, list) and len(value) == len(origin.members):
         info = value.info if isinstance(value, Batch) else None
-        return Batch(map(partial(_view, lots), value, origin.members), info)
+        return Batch(map(partial(view_of, lots), value, origin.members), info)
     if isinstance(origin, Message):
         return Message(value, origin.metadata, origin.acknowledger)
     if t is tuple and len(origin) == 2:  # a bulk item's ref
@@ -212,16 +246,25 @@ async def worker(
     is_async: bool,
     take: int,
     messages: bool,
+    steer: Steering,
+    the_pool: Callable[[], Pool],
 ) -> None:
-    """``n=1``: take chunks from ``inq`` until it ends; call ``call`` per item, in order."""
+    """``n=1``: take chunks from ``inq`` until it ends; call ``call`` per item, in order.
+
+    Resized to more than one (``handle.resize``), it goes on as worker 0 of a pool (order is no
+    longer kept, unless ``ordered=True``)."""
     clock = trio.current_time
     pending = Pending(partial(_unwrap, ctx) if messages else None)
     out.hold(pending)
     settler = ctx.settler
     try:
         while True:
+            if steer.limit != 1:
+                await _pool_loop(the_pool(), inq, call, is_async, steer, 0)
+                return
             got = await inq.get(take)
             if got is None:
+                steer.end()
                 return
             values, origins = got
             n = len(values)
@@ -229,7 +272,7 @@ async def worker(
             started = clock()
             accounted = 0
             inputs = (
-                [_view(ctx.settler.lots, v, o) for v, o in zip(values, origins, strict=True)]
+                [view_of(ctx.settler.lots, v, o) for v, o in zip(values, origins, strict=True)]
                 if messages
                 else values
             )
@@ -243,7 +286,7 @@ async def worker(
                     except Exception as exc:
                         if is_fatal(exc):
                             raise
-                        append(_failure(ctx, origins[len(results)], value, exc))
+                        append(fail_item(ctx, origins[len(results)], value, exc))
                         pending.holes = True
                     if out.waiting:
                         # the next stage is idle: it takes what is done as soon as it runs
@@ -260,7 +303,7 @@ async def worker(
                     except Exception as exc:
                         if is_fatal(exc):
                             raise
-                        append(_failure(ctx, origins[len(results)], value, exc))
+                        append(fail_item(ctx, origins[len(results)], value, exc))
                         pending.holes = True
                 if has_awaitables(results):
                     # no one may take the results while the coroutines among them run
@@ -277,15 +320,15 @@ async def worker(
         out.close_producer()
 
 
-def _failure(ctx: StageContext, origin: Any, value: Any, exc: Exception) -> Any:
+def fail_item(ctx: StageContext, origin: Any, value: Any, exc: Exception) -> Any:
     """A call for ``value`` raised ``exc`` (not a Fatal): tell instruments, fail the item, and
     return :data:`FAILED` to stand in its result."""
-    _exception_event(ctx, value, exc)
+    exception_event(ctx, value, exc)
     ctx.fail(origin, value, exc)
     return FAILED
 
 
-class _Pool:
+class Pool:
     """What the ``n`` workers of a pool share: their output, its order, and their holdings.
 
     ``held`` counts items taken from the input and not yet handed on (in a call, finished and
@@ -363,6 +406,11 @@ class _Pool:
         self.held -= count
         self._release()
 
+    def resized(self, n: int, buffer: int) -> None:
+        """The stage may run ``n`` calls now: it may hold as many items, takes fewer in a row."""
+        self.cap = max(buffer, n, self.cap)
+        self.take = max(1, buffer // n)
+
     def _release(self) -> None:
         if self.lot:
             self.lot.unpark_all()
@@ -393,65 +441,79 @@ class _Pool:
                 await self.lot.park()
 
 
-async def pool_worker(pool: _Pool, inq: ChunkQueue, call: Call, is_async: bool) -> None:
+async def pool_worker(
+    pool: Pool, inq: ChunkQueue, call: Call, is_async: bool, steer: Steering, idx: int
+) -> None:
     """``n>1``: take one item at a time from the shared input, so none waits while a worker is
-    idle; hand results on through the pool's pending (in input order with ``ordered=True``)."""
+    idle; hand results on through the pool's pending (in input order with ``ordered=True``).
+
+    Worker ``idx`` takes items only while ``idx`` is below the stage's limit (a resize)."""
+    try:
+        await _pool_loop(pool, inq, call, is_async, steer, idx)
+    finally:
+        pool.out.close_producer()
+
+
+async def _pool_loop(
+    pool: Pool, inq: ChunkQueue, call: Call, is_async: bool, steer: Steering, idx: int
+) -> None:
     ctx, out, pending = pool.ctx, pool.out, pool.pending
     clock = trio.current_time
     settler = ctx.settler
-    messages, take = pool.messages, pool.take
-    try:
+    messages = pool.messages
+    while True:
+        if idx >= steer.limit and not await steer.idle(idx):
+            return
+        await pool.room()
+        got = await inq.get(1)
+        if got is None:
+            steer.end()
+            return
+        value, origin = got[0][0], got[1][0]
+        if pool.held >= pool.cap:
+            # others filled the pool while this worker waited for an item: give it back
+            inq.unget(value, origin)
+            continue
+        started = clock()
+        count = taken = 0
+        take = pool.take
         while True:
-            await pool.room()
-            got = await inq.get(1)
-            if got is None:
-                return
-            value, origin = got[0][0], got[1][0]
-            if pool.held >= pool.cap:
-                # others filled the pool while this worker waited for an item: give it back
-                inq.unget(value, origin)
-                continue
-            started = clock()
-            count = taken = 0
-            while True:
-                pool.held += 1
-                ticket = pool.issued  # taken with the item: no await in between
-                pool.issued += 1
-                ctx.chunk_start(1)
-                arg = _view(ctx.settler.lots, value, origin) if messages else value
-                try:
-                    result = await call(arg) if is_async else call(arg)
-                    if not is_async and is_awaitable(result):
-                        result = await result
-                except Exception as exc:
-                    if is_fatal(exc):
-                        raise
-                    result = _failure(ctx, origin, arg, exc)
-                pool.finish(ticket, result, origin)
-                count += 1
-                if out.waiting:
-                    out.wake()  # the next stage takes what is pending when it runs
-                now = clock()
-                if now - started >= ACCOUNT_EVERY:  # live figures follow a slow round
-                    ctx.chunk_stop(count, now - started)
-                    started, count = now, 0
-                taken += 1
-                if taken >= take or pool.held >= pool.cap:
-                    break
-                nxt = inq.pop()
-                if nxt is None:
-                    break
-                value, origin = nxt
-            if len(pending) and not pending.busy:
-                await pool.flush()
-            if count:
-                ctx.chunk_stop(count, clock() - started)
-            await settler.room()
-    finally:
-        out.close_producer()
+            pool.held += 1
+            ticket = pool.issued  # taken with the item: no await in between
+            pool.issued += 1
+            ctx.chunk_start(1)
+            arg = view_of(ctx.settler.lots, value, origin) if messages else value
+            try:
+                result = await call(arg) if is_async else call(arg)
+                if not is_async and is_awaitable(result):
+                    result = await result
+            except Exception as exc:
+                if is_fatal(exc):
+                    raise
+                result = fail_item(ctx, origin, arg, exc)
+            pool.finish(ticket, result, origin)
+            count += 1
+            if out.waiting:
+                out.wake()  # the next stage takes what is pending when it runs
+            now = clock()
+            if now - started >= ACCOUNT_EVERY:  # live figures follow a slow round
+                ctx.chunk_stop(count, now - started)
+                started, count = now, 0
+            taken += 1
+            if taken >= take or pool.held >= pool.cap or idx >= steer.limit:
+                break
+            nxt = inq.pop()
+            if nxt is None:
+                break
+            value, origin = nxt
+        if len(pending) and not pending.busy:
+            await pool.flush()
+        if count:
+            ctx.chunk_stop(count, clock() - started)
+        await settler.room()
 
 
-def _exception_event(ctx: StageContext, value: Any, exc: BaseException) -> None:
+def exception_event(ctx: StageContext, value: Any, exc: BaseException) -> None:
     if ctx.telemetry.has_stage_exception:
         ctx.telemetry.emit("stage_exception", ctx.label, value, exc)
 
@@ -534,189 +596,3 @@ def _carry_metadata(lots: Lots, result: Message[Any], origin: Any) -> Any:
         return origin
     # plain data: on_failure still sees the metadata
     return Message(plain_data(origin), result.metadata)
-
-
-def _partitioned(
-    node: Node,
-    stage: Process[Any, Any],
-    inq: ChunkQueue,
-    out: Emitter,
-    ctx: StageContext,
-    call: Call,
-    is_async: bool,
-    views: bool,
-) -> list[Callable[[], Awaitable[None]]]:
-    """``partition_by``: any idle worker takes the oldest item whose key is not being worked on.
-
-    Items wait in a FIFO per key; a key is *runnable* while it has items and no call in flight.
-    So items of one key go through one at a time, in input order, and among the items the stage
-    holds none waits while a worker is idle unless an earlier item of its key is still in a call
-    (a slow key holds up only itself). At most ``max(buffer, n)`` items are held (queued per key,
-    in calls, or finished and pending): a single key whose backlog is longer than that holds up
-    the items behind it in the input queue, as any bounded buffer must.
-    """
-    key_fn = stage.partition_by
-    assert key_fn is not None
-    part = _Partitions(ctx, out, stage, node.buffer, key_fn, views)
-    ctx.workers = stage.max_n
-    for _ in range(stage.max_n):
-        out.add_producer()
-    workers: list[Callable[[], Awaitable[None]]] = [
-        partial(_keyed_worker, part, call, is_async) for _ in range(stage.max_n)
-    ]
-    return [partial(_intake, part, inq), *workers]
-
-
-class _Partitions:
-    """What ``partition_by`` workers share: the items per key, the runnable keys, the output.
-
-    Every item gets a sequence number at intake; the runnable keys form a heap ordered by the
-    number of their oldest item, so an idle worker always takes the oldest item whose key has
-    no call in flight (with ``n=1``: input order).
-    """
-
-    __slots__ = (
-        "busy",
-        "by_key",
-        "ended",
-        "key_fn",
-        "key_of_message",
-        "pool",
-        "runnable",
-        "seq",
-        "what",
-        "work",
-    )
-
-    def __init__(
-        self,
-        ctx: StageContext,
-        out: Emitter,
-        stage: Process[Any, Any],
-        buffer: int,
-        key_fn: Callable[[Any], Any],
-        views: bool,
-    ) -> None:
-        self.pool = _Pool(ctx, out, stage, buffer, views)
-        self.key_fn = key_fn
-        #: a messages=True stage's key function sees the message too (a traced one: the data)
-        self.key_of_message = stage.messages
-        self.what = f"stage {ctx.label!r}: partition_by={describe(key_fn)}"
-        self.by_key: dict[Any, deque[tuple[int, Any, Any]]] = {}
-        #: (sequence number of the key's oldest item, key): keys are never compared
-        self.runnable: list[tuple[int, Any]] = []
-        self.busy: set[Any] = set()
-        self.seq = 0
-        #: workers waiting for a runnable key
-        self.work = ParkingLot()
-        self.ended = False
-
-    def add(self, value: Any, origin: Any, key: Any) -> None:
-        seq = self.seq
-        self.seq += 1
-        items = self.by_key.get(key)
-        if items is None:
-            items = self.by_key[key] = deque()
-            if key not in self.busy:
-                heappush(self.runnable, (seq, key))
-                self.work.unpark()
-        items.append((seq, value, origin))
-
-    def next_item(self) -> tuple[Any, Any, Any] | None:
-        """The oldest item whose key is free (its key now busy), or None."""
-        if not self.runnable:
-            return None
-        _, key = heappop(self.runnable)
-        items = self.by_key[key]
-        _, value, origin = items.popleft()
-        if not items:
-            del self.by_key[key]
-        self.busy.add(key)
-        return value, origin, key
-
-    def done(self, key: Any) -> None:
-        """The call for ``key`` ended: the key is runnable again if it has items."""
-        self.busy.discard(key)
-        items = self.by_key.get(key)
-        if items is not None:
-            heappush(self.runnable, (items[0][0], key))
-            self.work.unpark()
-
-
-async def _intake(part: _Partitions, inq: ChunkQueue) -> None:
-    """Move items from the input into the per-key FIFOs, while fewer than the cap are held."""
-    pool = part.pool
-    ctx = pool.ctx
-    key_fn, what = part.key_fn, part.what
-    lots = ctx.settler.lots
-    messages = pool.messages  # calls take the item's view: built once here
-    key_of_message = part.key_of_message
-    try:
-        while True:
-            await pool.room()
-            got = await inq.get(pool.cap - pool.held)
-            if got is None:
-                return
-            values, origins = got
-            failed = False
-            for value, origin in zip(values, origins, strict=True):
-                # a messages=True stage: its key function and its call see the same message,
-                # built once here
-                arg = _view(lots, value, origin) if messages else value
-                try:
-                    key = checked_key(key_fn(arg if key_of_message else value), what)
-                    hash(key)
-                except Exception as exc:
-                    if is_fatal(exc):
-                        raise
-                    ctx.fail(origin, value, exc)
-                    failed = True
-                    continue
-                pool.held += 1
-                part.add(arg, origin, key)
-            if failed:
-                await ctx.settler.room()
-    finally:
-        part.ended = True
-        part.work.unpark_all()
-
-
-async def _keyed_worker(part: _Partitions, call: Call, is_async: bool) -> None:
-    pool = part.pool
-    ctx, out, pending = pool.ctx, pool.out, pool.pending
-    clock = trio.current_time
-    take = pool.take
-    try:
-        while True:
-            got = part.next_item()
-            if got is None:
-                if len(pending) and not pending.busy:
-                    await pool.flush()  # nothing to call: hand on what is done first
-                    continue
-                if part.ended and not part.by_key:
-                    return
-                await part.work.park()
-                continue
-            arg, origin, key = got  # (a message already, for a messages=True stage)
-            started = clock()
-            ctx.chunk_start(1)
-            try:
-                result = await call(arg) if is_async else call(arg)
-                if not is_async and is_awaitable(result):
-                    result = await result
-            except Exception as exc:
-                if is_fatal(exc):
-                    raise
-                result = _failure(ctx, origin, arg, exc)
-            pool.finish(0, result, origin)
-            part.done(key)
-            if out.waiting:
-                out.wake()
-            if len(pending) >= take and not pending.busy:
-                await pool.flush()
-            ctx.chunk_stop(1, clock() - started)
-            await ctx.settler.room()
-    finally:
-        if part.ended and not part.by_key:
-            part.work.unpark_all()  # the others may be parked waiting for keys that never come
-        out.close_producer()
