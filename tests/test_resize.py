@@ -126,6 +126,15 @@ async def test_resize_errors(autojump_clock: trio.testing.MockClock) -> None:
             r"initial=None\), now \d+\) that follows its calls' latency; it cannot be resized$",
         ):
             handle.resize("auto", 4)
+        # one request (the dashboard's, or a typo) must not start a million tasks
+        with pytest.raises(
+            ValueError,
+            match=r"^resize: n=1000000 for stage 'work' is more than 4096 calls at once ",
+        ):
+            handle.resize("work", 1_000_000)
+        assert workers(handle, "work") == 2
+        handle.resize("work", 4096)  # the cap itself is allowed
+        assert workers(handle, "work") == 4096
         handle.resize("save", 3)
         assert workers(handle, "save") == 3
         handle.stop()

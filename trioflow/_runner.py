@@ -87,7 +87,8 @@ class PipelineHandle:
         its workers, beside its buffer. A stage with ``n=Adaptive(...)`` refuses: its limit
         follows latency (``ValueError``). Raises ``KeyError`` for an unknown name (the message
         lists the stages), ``TypeError`` for a stage that is not ``process``/``sink``,
-        ``ValueError`` for an ``n`` that is not a positive integer.
+        ``ValueError`` for an ``n`` that is not a positive integer or is above 4096 (or the
+        stage's own ``n``, if larger): each call is a task kept for the rest of the run.
 
         Examples:
             >>> handle.resize("save", 16)

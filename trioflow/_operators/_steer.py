@@ -27,6 +27,11 @@ __all__ = ["SourceHolds", "Steering", "describe_control"]
 
 Task = Callable[[], Awaitable[None]]
 
+#: the most calls ``handle.resize`` lets a stage run at once (its tasks are started at once and
+#: kept for the run: a typo of a few zeros, or one request to the dashboard, must not stall the
+#: loop and take gigabytes); a stage built with a larger ``n`` may go back up to that
+MAX_RESIZE = 4096
+
 
 @final
 class Steering:
@@ -42,6 +47,7 @@ class Steering:
         "breaker_state",
         "ctx",
         "ended",
+        "first_n",
         "limit",
         "lot",
         "make_worker",
@@ -55,6 +61,8 @@ class Steering:
         self.ctx = ctx
         self.limit = limit
         self.tasks = tasks
+        #: the tasks the stage was built with (a resize may always go back up to them)
+        self.first_n = tasks
         self.adaptive = adaptive
         self.breaker_state: BreakerState | None = None
         #: workers numbered ``limit`` and above wait here
@@ -83,6 +91,12 @@ class Steering:
         label = self.ctx.label
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"resize: n={n!r} must be a positive integer (stage {label!r})")
+        most = max(MAX_RESIZE, self.first_n)
+        if n > most:
+            raise ValueError(
+                f"resize: n={n} for stage {label!r} is more than {most} calls at once "
+                "(each is a task kept for the run)"
+            )
         if self.adaptive is not None:
             raise ValueError(
                 f"resize: stage {label!r} has an adaptive limit ({self.adaptive!r}, now "
