@@ -173,7 +173,6 @@ def test_core_files_are_pyright_strict_clean(package_checks: dict[str, Any]) -> 
     assert {name: sorted(errors[name]) for name in STRICT_CLEAN if name in errors} == {}
 
 
-@pytest.mark.xfail(reason="other owners' files are not strict-clean yet (issue 15)", strict=True)
 def test_package_is_pyright_strict_clean(package_checks: dict[str, Any]) -> None:
     assert dict(package_checks["strict"]) == {}
 

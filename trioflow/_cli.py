@@ -132,18 +132,6 @@ def _version() -> str:
     return __version__
 
 
-_DEMO_HELP = {
-    "--source": "where events come from: a generated JSONL file, or a Redis stream "
-    "(default: %(default)s)",
-    "--sink": "where valid events go: SQLite under --out, or PostgreSQL at --dsn "
-    "(default: %(default)s)",
-    "--redis-port": "port of the Redis on 127.0.0.1 for --source redis (default: %(default)s)",
-    "--stream": "the Redis stream to read for --source redis (default: %(default)s)",
-    "--group": "the consumer group to read it in (default: %(default)s)",
-    "--dsn": "libpq connection string for --sink postgres (default: %(default)s)",
-}
-
-
 def _parser() -> _Parser:
     parser = _Parser(
         prog="trioflow",
@@ -193,9 +181,6 @@ def _parser() -> _Parser:
     from ._demo import add_arguments
 
     add_arguments(demo, Path("trioflow-demo"))
-    for action in demo._actions:  # the demo module leaves some options without help
-        if not action.help and action.option_strings:
-            action.help = _DEMO_HELP.get(action.option_strings[0])
     _add_run_options(demo)
     demo.set_defaults(failed_exit_code=EXIT_OK)
     return parser

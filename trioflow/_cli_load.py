@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from ._pipeline import Pipeline
+from ._pipeline import Pipeline, is_pipeline
 
 __all__ = ["UsageError", "load_pipeline", "pipeline_name"]
 
@@ -48,8 +48,8 @@ def load_pipeline(target: str) -> Pipeline[Any, Any]:
             hint = f" (pipelines there: {', '.join(found)})" if found else ""
             raise UsageError(f"{where} has no attribute {attr!r}{hint}")
         obj = getattr(obj, part)
-    if isinstance(obj, Pipeline):
-        return obj  # pyright: ignore[reportUnknownVariableType] - whatever it carries
+    if is_pipeline(obj):
+        return obj
     if callable(obj) and not isinstance(obj, type):
         try:
             made = obj()
@@ -58,8 +58,8 @@ def load_pipeline(target: str) -> Pipeline[Any, Any]:
                 f"{where}:{attr} is {_kind(obj)}, not a trioflow.Pipeline; calling it with no "
                 f"arguments failed: {exc}"
             ) from exc
-        if isinstance(made, Pipeline):
-            return made  # pyright: ignore[reportUnknownVariableType]
+        if is_pipeline(made):
+            return made
         raise UsageError(f"{where}:{attr}() returned {_kind(made)}, not a trioflow.Pipeline")
     raise UsageError(f"{where}:{attr} is {_kind(obj)}, not a trioflow.Pipeline")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeGuard, overload
 
 import attrs
 
@@ -47,6 +47,7 @@ __all__ = [
     "Stage",
     "T",
     "fmt_options",
+    "is_stage",
 ]
 
 # in signatures: what flows in (Item), between the two sides of | (Mid), and out (Result)
@@ -186,6 +187,14 @@ class Stage(Composable[In, Out]):
                 f"options are {', '.join(sorted(self._options))}"
             )
         return attrs.evolve(self, **options)  # type: ignore[misc]
+
+
+def is_stage(obj: object) -> TypeGuard[Stage[Any, Any]]:
+    """``isinstance(obj, Stage)``, seen by the checkers as ``Stage[Any, Any]``.
+
+    (See ``_pipeline.is_pipeline``: the same for stages.)
+    """
+    return isinstance(obj, Stage)
 
 
 def fmt_options(instance: Any, skip: tuple[str, ...] = ()) -> list[str]:

@@ -199,14 +199,43 @@ def add_arguments(parser: argparse.ArgumentParser, default_out: Path) -> None:
     parser.add_argument("--events", type=int, default=20_000, help="events to generate")
     parser.add_argument("--out", type=Path, default=default_out, help="where files go")
     parser.add_argument("--fresh", action="store_true", help="start over: new input, empty db")
-    parser.add_argument("--source", choices=["file", "redis"], default="file")
-    parser.add_argument("--sink", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--redis-port", type=int, default=6379)
-    parser.add_argument("--stream", default="events")
-    parser.add_argument("--group", default="importers")
+    parser.add_argument(
+        "--source",
+        choices=["file", "redis"],
+        default="file",
+        help="where events come from: a generated JSONL file, or a Redis stream "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sink",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="where valid events go: SQLite under --out, or PostgreSQL at --dsn "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--redis-port",
+        type=int,
+        default=6379,
+        help="port of the Redis on 127.0.0.1 for --source redis (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stream",
+        default="events",
+        help="the Redis stream to read for --source redis (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--group",
+        default="importers",
+        help="the consumer group to read it in (default: %(default)s)",
+    )
     parser.add_argument("--consumer", default=None, help="default: host-pid")
     parser.add_argument("--claim-idle", type=float, default=30.0, help="seconds")
-    parser.add_argument("--dsn", default="host=127.0.0.1 dbname=postgres user=postgres")
+    parser.add_argument(
+        "--dsn",
+        default="host=127.0.0.1 dbname=postgres user=postgres",
+        help="libpq connection string for --sink postgres (default: %(default)s)",
+    )
 
 
 def parse(argv: list[str] | None, default_out: Path) -> argparse.Namespace:

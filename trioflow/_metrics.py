@@ -45,8 +45,8 @@ class Meter:
     settler: Settler  # set by the runner once the settler exists (it wraps ``on_failure`` first)
 
     def __init__(self) -> None:
-        self.latency = Histogram()
-        self.dead_lettered = 0
+        self.latency: Histogram = Histogram()
+        self.dead_lettered: int = 0
         self._marks: deque[list[float]] = deque()
         self._consumed = 0
 
@@ -151,8 +151,8 @@ class Rates:
     __slots__ = ("_samples", "every", "window")
 
     def __init__(self, window: float = 5.0, every: float = 0.2) -> None:
-        self.window = window
-        self.every = every
+        self.window: float = window
+        self.every: float = every
         self._samples: deque[tuple[float, tuple[float, ...]]] = deque()
 
     def update(self, now: float, counters: tuple[float, ...]) -> tuple[float, ...] | None:

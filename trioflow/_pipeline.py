@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, final, overload
+from typing import TYPE_CHECKING, Any, TypeGuard, final, overload
 
 import attrs
 import trio
 
-from ._composable import Composable, In, Out
+from ._composable import Composable, In, Out, is_stage
 from ._exceptions import InvalidPipeline
 from ._message import Message
 from ._sources import Source, as_source
@@ -27,7 +27,7 @@ else:
 
 T = TypeVar("T")
 
-__all__ = ["Pipeline", "as_fragment", "collect", "compose"]
+__all__ = ["Pipeline", "as_fragment", "collect", "compose", "is_pipeline"]
 
 #: receives failed source messages (see :meth:`Pipeline.on_failure`); sync or async
 FailureHandler = Callable[[list[Message[Any]]], Any]
@@ -158,9 +158,7 @@ async def collect(
     """
     from ._runner import run_pipeline
 
-    whole: Pipeline[Any, Any] = (  # pyright: ignore[reportUnknownVariableType]
-        pipeline if isinstance(pipeline, Pipeline) else compose(pipeline, None)
-    )
+    whole = pipeline if is_pipeline(pipeline) else compose(pipeline, None)
     out: list[Any] = []
     await run_pipeline(
         whole, stop=stop, drain_timeout=drain_timeout, telemetry=telemetry, collect=out
@@ -168,9 +166,18 @@ async def collect(
     return out
 
 
+def is_pipeline(obj: object) -> TypeGuard[Pipeline[Any, Any]]:
+    """``isinstance(obj, Pipeline)``, seen by the checkers as ``Pipeline[Any, Any]``.
+
+    (pyright leaves the type arguments of an ``isinstance`` of ``Any`` unknown; mypy calls a
+    ``cast`` of it redundant.)
+    """
+    return isinstance(obj, Pipeline)
+
+
 def _as_stage(obj: Any, *, where: str) -> Stage[Any, Any]:
-    if isinstance(obj, Stage):
-        return obj  # pyright: ignore[reportUnknownVariableType]
+    if is_stage(obj):
+        return obj
     if inspect.isasyncgenfunction(obj):
         return FlatMap(obj)
     if callable(obj):
@@ -182,11 +189,10 @@ def _as_stage(obj: Any, *, where: str) -> Stage[Any, Any]:
 
 
 def _stages_of(obj: Any, *, leftmost: bool, where: str) -> tuple[tuple[Stage[Any, Any], ...], Any]:
-    # (pyright: an isinstance of Any leaves the type arguments unknown)
-    if isinstance(obj, Pipeline):
-        return obj.stages, obj.failure_handler  # pyright: ignore[reportUnknownVariableType]
-    if isinstance(obj, Stage):
-        return (obj,), None  # pyright: ignore[reportUnknownVariableType]
+    if is_pipeline(obj):
+        return obj.stages, obj.failure_handler
+    if is_stage(obj):
+        return (obj,), None
     if leftmost and (
         inspect.isasyncgenfunction(obj)
         or (not callable(obj) and isinstance(obj, (Iterable, AsyncIterable)))
@@ -231,9 +237,7 @@ def _check_shape(stages: tuple[Stage[Any, Any], ...]) -> None:
 
 def as_fragment(obj: Any, *, where: str) -> Pipeline[Any, Any]:
     """A route branch: a pipeline without a source, or a single stage or function."""
-    pipeline: Pipeline[Any, Any] = (  # pyright: ignore[reportUnknownVariableType]
-        obj if isinstance(obj, Pipeline) else Pipeline((_as_stage(obj, where=where),))
-    )
+    pipeline = obj if is_pipeline(obj) else Pipeline((_as_stage(obj, where=where),))
     if not pipeline.stages:
         raise InvalidPipeline(f"{where} is empty")
     if any(isinstance(s, Source) for s in pipeline.stages):

@@ -24,8 +24,8 @@ class Histogram:
 
     def __init__(self) -> None:
         self.buckets: dict[int, int] = {}
-        self.count = 0
-        self.total = 0.0
+        self.count: int = 0
+        self.total: float = 0.0
 
     def add(self, seconds: float, weight: int = 1) -> None:
         b = 0 if seconds <= self._BASE else int(math.log(seconds / self._BASE) / self._STEP) + 1
@@ -154,16 +154,16 @@ class RunReport:
     received: int = 0
     acked: int = 0
     failed: int = 0
-    failed_by_reason: dict[str, int] = attrs.field(factory=dict)
+    failed_by_reason: dict[str, int] = attrs.field(factory=dict[str, int])
     retried: int = 0
     filtered: int = 0
     unsettled: int = 0
     elapsed: float = 0.0
     throughput: float = 0.0
-    stages: dict[str, StageStats] = attrs.field(factory=dict)
+    stages: dict[str, StageStats] = attrs.field(factory=dict[str, StageStats])
     dead_lettered: int = 0
     end_to_end: StageStats = attrs.field(factory=lambda: StageStats(0, 0.0, 0.0, 0.0))
-    sources: dict[str, dict[str, float]] = attrs.field(factory=dict)
+    sources: dict[str, dict[str, float]] = attrs.field(factory=dict[str, dict[str, float]])
     ack_errors: int = 0
     failure_handler_errors: int = 0
 

@@ -16,7 +16,7 @@ run then raises ``PipelineError`` naming the stage.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any, final
@@ -26,7 +26,7 @@ import trio
 from ._acking import Settler
 from ._exceptions import PipelineError
 from ._graph import Graph, graph_of, stage_kind, stage_order
-from ._groups import fatal_of, strip_cancelled
+from ._groups import fatal_of, group_of, strip_cancelled
 from ._metrics import SNAPSHOT_VERSION, Meter, MeteredEntry, Rates, source_figures
 from ._operators import _batch, _process, _rate_limit, _route, _transform
 from ._operators._context import Emitter, StageContext, Terminal, bound
@@ -189,7 +189,7 @@ class _Run:
         self.stop = stop
         self.histograms: dict[str, Histogram] = {n.label: Histogram() for n in topology.nodes}
         self.meter = meter
-        self.contexts = [
+        self.contexts: list[StageContext] = [
             StageContext(n.label, settler, self.histograms[n.label], telemetry, self.meter)
             for n in topology.nodes
         ]
@@ -197,19 +197,19 @@ class _Run:
             ctx.draining = self.is_draining
         self.queues: list[ChunkQueue] = []
         self.sources: list[Source[Any]] = []
-        self.rates = Rates()
+        self.rates: Rates = Rates()
         self.crash: tuple[str, BaseException] | None = None
-        self.started = trio.current_time()
+        self.started: float = trio.current_time()
         self.ended: float | None = None
         self.final: RunReport | None = None
         self.error: PipelineError | None = None
-        self.done = trio.Event()
+        self.done: trio.Event = trio.Event()
         self.outer: trio.CancelScope | None = None
         self.outlets: list[Outlet] = []
-        self.draining = False
+        self.draining: bool = False
         #: the sources' switch, closed while anyone holds it: handle.pause(), open breakers
-        self.gate = Gate()
-        self.holds = SourceHolds(self.gate)
+        self.gate: Gate = Gate()
+        self.holds: SourceHolds = SourceHolds(self.gate)
         for ctx in self.contexts:
             ctx.hold_sources = partial(self.holds.hold, f"breaker:{ctx.label}")
 
@@ -270,7 +270,7 @@ class _Run:
         )
 
     def source_figures(self) -> dict[str, dict[str, float]]:
-        figures = {}
+        figures: dict[str, dict[str, float]] = {}
         for source in self.sources:
             got = source_figures(source)
             if got:
@@ -294,7 +294,7 @@ class _Run:
         if rates is None:  # the first sample: means over the run so far
             rates = tuple(c / elapsed if elapsed > 0 else 0.0 for c in counters)
         k = len(stats)
-        stages = []
+        stages: list[dict[str, Any]] = []
         for i, (idx, st) in enumerate(zip(order, stats, strict=True)):
             node = self.topology.nodes[idx]
             stages.append(
@@ -358,12 +358,11 @@ class _Run:
             error = strip_cancelled(exc)
             if error is None or not isinstance(error, Exception):
                 raise
-            cancelled = isinstance(exc, BaseExceptionGroup) and (
-                exc.subgroup(trio.Cancelled) is not None
-            )
+            group = group_of(exc)
+            cancelled = group is not None and group.subgroup(trio.Cancelled) is not None
             self.record(label, error, cancelled=cancelled)
-            if isinstance(exc, BaseExceptionGroup):
-                _, rest = exc.split(Exception)
+            if group is not None:
+                _, rest = group.split(Exception)
                 if rest is not None:
                     raise rest from None
 
@@ -387,7 +386,7 @@ class _Run:
 
 
 @asynccontextmanager
-async def _opened(source: Source[Any]) -> AsyncIterator[Source[Any]]:
+async def _opened(source: Source[Any]) -> AsyncGenerator[Source[Any], None]:
     """Enter ``source.open()``; whatever it raises (opening, from a background task of its
     connection, or closing) becomes a :class:`PipelineError` naming the source.
 

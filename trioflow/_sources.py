@@ -253,7 +253,7 @@ class Outlet:
             if failed:
                 self._fail_now(failed)
                 items = [m for m in items if not (isinstance(m, Message) and m.status == "failed")]
-            values = [m.data if isinstance(m, Message) else m for m in items]  # pyright: ignore
+            values = [m.data if isinstance(m, Message) else m for m in items]  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
             origins = wrap_plain(items) if tuple in kinds else items
         elif tuple in kinds:
             values, origins = items, wrap_plain(items)

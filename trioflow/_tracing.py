@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeGuard, final
 
 from ._message import Message
@@ -48,7 +49,7 @@ _SCOPE = "trioflow"
 ViewCall = Callable[[Any], Awaitable[Any]]
 
 
-def _otel() -> Any:
+def _otel() -> ModuleType:
     try:
         from opentelemetry import trace
     except ImportError as exc:
@@ -142,8 +143,9 @@ class OpenTelemetry(Instrument):
     """
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
-        self.trace = _otel()
-        self.tracer_provider = tracer_provider
+        #: the ``opentelemetry.trace`` module (imported when the instrument is built)
+        self.trace: ModuleType = _otel()
+        self.tracer_provider: TracerProvider | None = tracer_provider
         #: the span of the call in progress in this task (the retry hook adds events to it)
         self._span: ContextVar[Span | None] = ContextVar("trioflow span", default=None)
 

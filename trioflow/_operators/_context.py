@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol, final
+from typing import TYPE_CHECKING, Any, Protocol, cast, final
 
 import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
@@ -218,7 +218,7 @@ class StageContext:
         is what the note and the ``failure`` event show).
         """
         if isinstance(value, Message):
-            value = value.data
+            value = cast("Message[object]", value).data
         if isinstance(reason, BaseException):
             note_item(reason, self.label, value)
         self.failed += 1

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -217,25 +217,25 @@ def with_attempt(view: Any, attempt: int) -> Any:
     """The view of a ``messages=True`` stage with ``attempt`` in its metadata (in each message
     of a batch)."""
     if isinstance(view, Message):
-        return view.with_metadata(attempt=attempt)
+        return cast("Message[object]", view).with_metadata(attempt=attempt)
     if isinstance(view, list):
         info = view.info if isinstance(view, Batch) else None
-        return Batch([with_attempt(m, attempt) for m in view], info)
+        return Batch([with_attempt(m, attempt) for m in cast("list[object]", view)], info)
     return view
 
 
 def view_of(lots: Lots, value: Any, origin: Any) -> Any:
     """What a ``messages=True`` stage sees: the item as a message, or for a batch a
     :class:`~trioflow.Batch` of its members' messages (each with its own metadata)."""
-    t = type(origin)
-    if t is Group and isinstance(value, list) and len(value) == len(origin.members):
+    t = type(origin)  # pyright: ignore[reportUnknownVariableType]
+    if t is Group and isinstance(value, list) and len(value) == len(origin.members):  # pyright: ignore[reportUnknownArgumentType]
         info = value.info if isinstance(value, Batch) else None
-        return Batch(map(partial(view_of, lots), value, origin.members), info)
+        return Batch(map(partial(view_of, lots), value, origin.members), info)  # pyright: ignore[reportUnknownArgumentType]
     if isinstance(origin, Message):
-        return Message(value, origin.metadata, origin.acknowledger)
+        return Message(value, origin.metadata, origin.acknowledger)  # pyright: ignore[reportUnknownArgumentType, reportUnknownVariableType]
     if t is tuple and len(origin) == 2:  # a bulk item's ref
         return lots.view(value, origin)
-    return Message(value)
+    return Message(value)  # pyright: ignore[reportUnknownArgumentType, reportUnknownVariableType]
 
 
 async def worker(
@@ -531,22 +531,22 @@ def _unwrap(ctx: StageContext, vals: list[Any], origs: list[Any]) -> tuple[list[
     out_o: list[Any] = []
     for result, origin in zip(vals, origs, strict=True):
         if type(origin) is Group and isinstance(result, list):
-            got = _unwrap_batch(ctx, result, origin)
+            got = _unwrap_batch(ctx, result, origin)  # pyright: ignore[reportUnknownArgumentType]
             if got is not None:
                 out_v.append(got[0])
                 out_o.append(got[1])
             continue
         if isinstance(result, Message):
-            origin = _carry_metadata(ctx.settler.lots, result, origin)
+            origin = _carry_metadata(ctx.settler.lots, result, origin)  # pyright: ignore[reportUnknownArgumentType]
             if result.status == "failed":
                 ctx.fail(
                     origin,
-                    result.data,
+                    result.data,  # pyright: ignore[reportUnknownMemberType]
                     result.reason if result.reason is not None else "failed",
                     result.action,
                 )
                 continue
-            result = result.data
+            result = result.data  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
         out_v.append(result)
         out_o.append(origin)
     return out_v, out_o
@@ -561,7 +561,7 @@ def _unwrap_batch(ctx: StageContext, result: list[Any], group: Group) -> tuple[A
             f"must return None or those {len(members)} messages (some may be .fail()ed), not "
             f"{describe(result)}"
         )
-        ctx.fail(group, [m.data if isinstance(m, Message) else m for m in result], error)
+        ctx.fail(group, [m.data if isinstance(m, Message) else m for m in result], error)  # pyright: ignore[reportUnknownMemberType]
         return None
     data: list[Any] = []
     kept: list[Any] = []
@@ -584,15 +584,15 @@ def _unwrap_batch(ctx: StageContext, result: list[Any], group: Group) -> tuple[A
 def _carry_metadata(lots: Lots, result: Message[Any], origin: Any) -> Any:
     if isinstance(origin, Message):
         if result.metadata is origin.metadata:
-            return origin
-        return origin.replace(origin.data, metadata=result.metadata)
-    if type(origin) is tuple and len(origin) == 2:  # a bulk item's ref
-        if result.metadata is lots.view_metadata(origin):
-            return origin
+            return origin  # pyright: ignore[reportUnknownVariableType]
+        return origin.replace(origin.data, metadata=result.metadata)  # pyright: ignore[reportUnknownArgumentType, reportUnknownMemberType, reportUnknownVariableType]
+    if type(origin) is tuple and len(origin) == 2:  # a bulk item's ref  # pyright: ignore[reportUnknownArgumentType]
+        if result.metadata is lots.view_metadata(origin):  # pyright: ignore[reportUnknownArgumentType]
+            return origin  # pyright: ignore[reportUnknownVariableType]
         # changed: from now on an ordinary message, acked by ``ack`` with its new metadata
-        source = lots.release(origin)
+        source = lots.release(origin)  # pyright: ignore[reportUnknownArgumentType]
         return source.replace(source.data, metadata=result.metadata)
-    if type(origin) in (Group, Fanout) or not result.metadata:
-        return origin
+    if type(origin) in (Group, Fanout) or not result.metadata:  # pyright: ignore[reportUnknownArgumentType]
+        return origin  # pyright: ignore[reportUnknownVariableType]
     # plain data: on_failure still sees the metadata
     return Message(plain_data(origin), result.metadata)

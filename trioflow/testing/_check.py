@@ -15,15 +15,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, TypeVar, final
+from typing import Any, TypeVar, cast, final
 
 import attrs
 import trio
 import trio.testing
 
+from .._composable import is_stage
 from .._exceptions import PipelineError
+from .._groups import group_of
 from .._message import reason_key
-from .._pipeline import Pipeline, collect, compose
+from .._pipeline import Pipeline, collect, compose, is_pipeline
 from .._report import RunReport
 from .._stages import BatchStage, Process, Stage
 from .._telemetry import Instrument
@@ -116,9 +118,9 @@ def _recorded_sources(pipeline: Pipeline) -> list[Recorded]:
 
 
 def _build(pipeline_or_factory: Any, items: Iterable[Any] | None) -> Pipeline:
-    if isinstance(pipeline_or_factory, Pipeline | Stage):
+    if is_pipeline(pipeline_or_factory) or is_stage(pipeline_or_factory):
         fragment = pipeline_or_factory
-        if isinstance(fragment, Pipeline) and fragment.source is not None:
+        if is_pipeline(fragment) and fragment.source is not None:
             if items is not None:
                 raise TypeError(
                     f"check_pipeline: {fragment!r} has its own source; pass items=None, or pass "
@@ -130,10 +132,8 @@ def _build(pipeline_or_factory: Any, items: Iterable[Any] | None) -> Pipeline:
         return compose(TestSource(list(items)), fragment)
     if callable(pipeline_or_factory):
         src = TestSource(list(items) if items is not None else [])
-        built = pipeline_or_factory(src)
-        if not isinstance(built, Pipeline):
-            built = compose(built, None)
-        return built
+        built: Any = pipeline_or_factory(src)
+        return built if is_pipeline(built) else compose(built, None)
     raise TypeError(
         f"check_pipeline: {describe(pipeline_or_factory)} is not a pipeline, a stage, or a "
         "factory taking a TestSource"
@@ -147,7 +147,7 @@ def _ends_in_sink(pipeline: Pipeline) -> bool:
 
 def _reason_ok(spec: Any, reason: Any) -> bool:
     if isinstance(spec, tuple):
-        return any(_reason_ok(s, reason) for s in spec)
+        return any(_reason_ok(s, reason) for s in cast("tuple[object, ...]", spec))
     if spec is None:
         return True
     if isinstance(spec, type):
@@ -158,6 +158,8 @@ def _reason_ok(spec: Any, reason: Any) -> bool:
 
 
 def _multiset_diff(expected: list[Any], actual: list[Any]) -> str:
+    e: Counter[Hashable]
+    a: Counter[Hashable]
     try:
         e, a = Counter(map(_hashable, expected)), Counter(map(_hashable, actual))
     except TypeError:  # pragma: no cover - unhashable data: compare sorted reprs
@@ -170,7 +172,7 @@ def _multiset_diff(expected: list[Any], actual: list[Any]) -> str:
 
 def _hashable(x: Any) -> Hashable:
     if isinstance(x, list):
-        return ("<list>", tuple(_hashable(v) for v in x))
+        return ("<list>", tuple(_hashable(v) for v in cast("list[object]", x)))
     return x  # type: ignore[no-any-return]
 
 
@@ -218,7 +220,7 @@ async def check_pipeline_async(
     pipeline = _build(pipeline_or_factory, items)
     factory_model = getattr(pipeline_or_factory, "model", None)
     if model is None and callable(factory_model):
-        model = factory_model
+        model = cast("Callable[[list[Any]], Expected | Iterable[Any]]", factory_model)
     sources = _recorded_sources(pipeline)
     meter = InFlightMeter()
     for s in sources:
@@ -245,8 +247,8 @@ async def check_pipeline_async(
             reports: list[RunReport] = []
 
             class _Keep(Instrument):
-                def pipeline_stop(self, r: RunReport) -> None:
-                    reports.append(r)
+                def pipeline_stop(self, report: RunReport) -> None:
+                    reports.append(report)
 
             outputs = await collect(
                 pipeline, stop=stop, drain_timeout=math.inf, telemetry=[watch, _Keep()]
@@ -327,7 +329,7 @@ async def check_pipeline_async(
         )
 
     # 6. batch sizes
-    sizes = {}
+    sizes: dict[str, int] = {}
     for st in _all_stages(pipeline):
         if isinstance(st, BatchStage):
             sizes[st.label] = st.size
@@ -367,8 +369,8 @@ async def check_pipeline_async(
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one exception of a group (nested or not), else the group itself."""
     exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    while (inner := group_of(exc)) is not None and len(inner.exceptions) == 1:
+        exc = inner.exceptions[0]
     return exc
 
 

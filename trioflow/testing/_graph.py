@@ -13,16 +13,18 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, TypeAlias, final
+from typing import Any, Literal, TypeAlias, cast, final
 
 import attrs
 import trio
 import trio.lowlevel
 
-from .. import _sources, _stages
 from .._exceptions import InvalidPipeline
 from .._pipeline import Pipeline, compose
 from .._retry import Backoff, Retry
+from .._sources import merge
+from .._stages import batch, flat_map, process, rate_limit, route, sink
+from .._stages import filter as filter_stage
 from ._check import Expected
 from ._source import TestSource
 
@@ -202,18 +204,19 @@ class Trace:
         self.violations: list[str] = []
 
 
-def _ident(x: Any) -> Ident:
+def ident_of(x: Any) -> Ident:
+    """The ident of a token, or of a batch: its members' idents, sorted."""
     if isinstance(x, list):
-        return tuple(sorted(t.ident for t in x))
+        return tuple(sorted(t.ident for t in cast("list[Token]", x)))
     assert isinstance(x, Token), x
     return x.ident
 
 
 def _srcs(x: Any) -> list[int]:
-    return [t.src for t in x] if isinstance(x, list) else [x.src]
+    return [t.src for t in cast("list[Token]", x)] if isinstance(x, list) else [x.src]
 
 
-def _fault_times(
+def fault_times(
     faults: Mapping[tuple[int, int], int | None], sid: int, x: Any
 ) -> tuple[bool, int | None]:
     """(has a fault, times) for the call of stage ``sid`` on ``x`` (a batch: its worst member)."""
@@ -264,13 +267,13 @@ class Op:
 
     def _enter(self, x: Any) -> None:
         trace = self.trace
-        ident = _ident(x)
+        ident = ident_of(x)
         key = (self.sid, ident)
         trace.attempts[key] += 1
         attempt = trace.attempts[key]
         if attempt == 1:
             trace.calls[self.sid].append((x, trio.current_time()))
-        found, times = _fault_times(self.faults, self.sid, x)
+        found, times = fault_times(self.faults, self.sid, x)
         if found and (self.role == "key" or times is None or attempt <= times):
             raise PlannedFailure(self.sid, ident, attempt)
 
@@ -278,10 +281,10 @@ class Op:
         role = self.role
         if role == "bump":
             if isinstance(x, list):
-                return [attrs.evolve(t, value=t.value + self.arg) for t in x]
+                return [attrs.evolve(t, value=t.value + self.arg) for t in cast("list[Token]", x)]
             return attrs.evolve(x, value=x.value + self.arg)
         if role == "keep":
-            v = len(x) if isinstance(x, list) else x.value
+            v = len(cast("list[Token]", x)) if isinstance(x, list) else x.value
             return v % self.arg != self.arg2
         if role == "split":
             return [
@@ -343,7 +346,7 @@ def _build_chain(
             role = "save" if s.sink else "bump"
             fn = _op(s.is_async, s.sid, role, s.delta, trace, faults, key_of=_pkey(s))
             if s.sink:
-                out.append(_stages.sink(fn, s.n, retry=s.retry, buffer=s.buffer))
+                out.append(sink(fn, s.n, retry=s.retry, buffer=s.buffer))
             else:
                 key = (
                     Op(s.key_sid, "key", s.key_mod, trace, faults)
@@ -351,30 +354,28 @@ def _build_chain(
                     else None
                 )
                 out.append(
-                    _stages.process(
+                    process(
                         fn, s.n, ordered=s.ordered, partition_by=key, retry=s.retry, buffer=s.buffer
                     )
                 )
         elif isinstance(s, FilterSpec):
             out.append(
-                _stages.filter(Op(s.sid, "keep", s.mod, trace, faults, arg2=s.rem), buffer=s.buffer)
+                filter_stage(Op(s.sid, "keep", s.mod, trace, faults, arg2=s.rem), buffer=s.buffer)
             )
         elif isinstance(s, FlatMapSpec):
             role = "split" if s.kind == "item" else "unbatch"
-            out.append(_stages.flat_map(Op(s.sid, role, s.fanout, trace, faults), buffer=s.buffer))
+            out.append(flat_map(Op(s.sid, role, s.fanout, trace, faults), buffer=s.buffer))
         elif isinstance(s, BatchSpec):
             key = Op(s.sid, "key", s.key_mod, trace, faults) if s.key_mod is not None else None
-            out.append(_stages.batch(s.size, s.timeout, key=key, buffer=s.buffer))
+            out.append(batch(s.size, s.timeout, key=key, buffer=s.buffer))
         elif isinstance(s, RateLimitSpec):
-            out.append(_stages.rate_limit(s.count, s.per, buffer=s.buffer))
+            out.append(rate_limit(s.count, s.per, buffer=s.buffer))
         else:
             branches: dict[Any, Any] = {}
             for k, sub in s.branches:
                 stages = _build_chain(sub, trace, faults)
                 branches[k] = Pipeline(tuple(stages))
-            out.append(
-                _stages.route(Op(s.sid, "key", s.mod, trace, faults), branches, buffer=s.buffer)
-            )
+            out.append(route(Op(s.sid, "key", s.mod, trace, faults), branches, buffer=s.buffer))
     return out
 
 
@@ -402,8 +403,9 @@ class Graph:
         self.chain = chain
         self.merge = merge
         self.plan = plan
-        self.trace = Trace()
-        self._faults = plan.lookup()
+        self.trace: Trace = Trace()
+        #: ``(stage, item) -> times`` of the plan (see :meth:`FailurePlan.lookup`)
+        self.faults: dict[tuple[int, int], int | None] = plan.lookup()
         self.pipeline: Pipeline | None = None
 
     def stage_ids(self) -> list[int]:
@@ -413,13 +415,13 @@ class Graph:
     def fragment(self) -> Pipeline:
         """The graph's stages as a pipeline without a source (with a fresh trace)."""
         self.trace = Trace()
-        stages = _build_chain(self.chain, self.trace, self._faults)
+        stages = _build_chain(self.chain, self.trace, self.faults)
         return Pipeline(tuple(stages))
 
     def __call__(self, source: TestSource[Any]) -> Pipeline:
         """Build a fresh pipeline fed by ``source`` (split into a merge, for a merge graph)."""
         fragment = self.fragment()
-        src: Any = source if self.merge == 1 else _sources.merge(*source.split(self.merge))
+        src: Any = source if self.merge == 1 else merge(*source.split(self.merge))
         if not fragment.stages:
             self.pipeline = compose(src, None)
         else:

@@ -6,7 +6,7 @@ order and exclusivity, what every sink received)."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Any, final
+from typing import Any, cast, final
 
 import attrs
 
@@ -23,8 +23,8 @@ from ._graph import (
     RouteSpec,
     Spec,
     Token,
-    _fault_times,
-    _ident,
+    fault_times,
+    ident_of,
 )
 
 __all__ = ["GraphModel", "ReasonIs"]
@@ -59,7 +59,7 @@ class GraphModel:
     def __init__(self, graph: Graph, pulled: list[Any]) -> None:
         self.graph = graph
         self.trace = graph.trace
-        self.faults = graph._faults
+        self.faults = graph.faults
         self.pulled = pulled
         self.reasons: dict[int, list[ReasonIs]] = defaultdict(list)
         # a token's failure fails these source items: its own, and after an un-batching flat_map
@@ -77,7 +77,7 @@ class GraphModel:
 
     def fail(self, x: Any, reason: ReasonIs) -> None:
         srcs: set[int] = set()
-        for t in x if isinstance(x, list) else [x]:
+        for t in cast("list[Token]", x) if isinstance(x, list) else [x]:
             srcs |= self.fate_of(t)
         for src in srcs:
             self.reasons[src].append(reason)
@@ -112,7 +112,7 @@ class GraphModel:
 
     def attempts_ok(self, sid: int, x: Any, retry: Retry | None, role: str = "call") -> bool:
         """Whether the call succeeds (counting retries); on failure, record the reason."""
-        found, times = _fault_times(self.faults, sid, x)
+        found, times = fault_times(self.faults, sid, x)
         if not found:
             return True
         attempts = retry.attempts if retry is not None and role == "call" else 1
@@ -121,7 +121,7 @@ class GraphModel:
             return True
         if role == "call":
             self.retried += attempts - 1
-        self.fail(x, ReasonIs(sid, _ident(x)))
+        self.fail(x, ReasonIs(sid, ident_of(x)))
         return False
 
     def chain(
@@ -130,14 +130,14 @@ class GraphModel:
         for i, s in enumerate(chain):
             if isinstance(s, ProcessSpec):
                 if s.key_sid is not None:
-                    kept = []
+                    kept: list[Any] = []
                     for x in xs:
                         if self.attempts_ok(s.key_sid, x, None, "key"):
                             kept.append(x)
                     xs = kept
                     if s.n > 1 and in_order:
                         self.check_partition_order(s)
-                out = []
+                out: list[Any] = []
                 for x in xs:
                     if self.attempts_ok(s.sid, x, s.retry):
                         out.append(_bump(x, s.delta))
@@ -152,7 +152,7 @@ class GraphModel:
                 out = []
                 for x in xs:
                     if self.attempts_ok(s.sid, x, None, "pred"):
-                        v = len(x) if isinstance(x, list) else x.value
+                        v = len(cast("list[Token]", x)) if isinstance(x, list) else x.value
                         if v % s.mod != s.rem:
                             out.append(x)
                 xs = out
@@ -161,7 +161,7 @@ class GraphModel:
                 for x in xs:
                     if self.attempts_ok(s.sid, x, None, "fn"):
                         if s.kind == "list":
-                            shared = frozenset().union(*(self.fate_of(t) for t in x))
+                            shared = frozenset[int]().union(*(self.fate_of(t) for t in x))
                             for t in x:
                                 self.fate[t.ident] = shared
                             out.extend(x)
@@ -198,11 +198,12 @@ class GraphModel:
     def batches(self, s: BatchSpec, observer: Any, xs: list[Any]) -> list[Any]:
         seen = [b for b, _ in self.trace.calls.get(observer.sid, [])]
         for b in seen:
-            if not isinstance(b, list) or not 0 < len(b) <= s.size:
+            batch = cast("list[Token]", b) if isinstance(b, list) else None
+            if batch is None or not 0 < len(batch) <= s.size:
                 raise self.violation(
                     "invariant 6 (batch size)", f"batch #{s.sid} (size={s.size}) emitted {b!r}"
                 )
-            if s.key_mod is not None and len({t.value % s.key_mod for t in b}) > 1:
+            if s.key_mod is not None and len({t.value % s.key_mod for t in batch}) > 1:
                 raise self.violation(
                     "invariant 6 (batch keys)",
                     f"batch #{s.sid} (key=mod{s.key_mod}) mixed keys in {b!r}",
@@ -228,19 +229,23 @@ class GraphModel:
 
 def _bump(x: Any, delta: int) -> Any:
     if isinstance(x, list):
-        return [attrs.evolve(t, value=t.value + delta) for t in x]
+        return [attrs.evolve(t, value=t.value + delta) for t in cast("list[Token]", x)]
     return attrs.evolve(x, value=x.value + delta)
 
 
 def _order_key(x: Any) -> Any:
     return (
-        _ident(x[0]) if isinstance(x, list) and x else _ident(x) if not isinstance(x, list) else ()
+        ident_of(x[0])
+        if isinstance(x, list) and x
+        else ident_of(x)
+        if not isinstance(x, list)
+        else ()
     )
 
 
 def _diff(expected: list[Any], actual: list[Any]) -> str:
     def h(v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v
+        return tuple(cast("list[object]", v)) if isinstance(v, list) else v
 
     e, a = Counter(map(h, expected)), Counter(map(h, actual))
     missing, extra = e - a, a - e

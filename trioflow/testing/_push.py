@@ -102,6 +102,14 @@ class PushSource(Source[T], Generic[T]):
         await self._send.send(msg)
         return slot.done
 
+    async def push_one(self, data: T, *, metadata: dict[str, Any] | None = None) -> Outcome[T]:
+        """Hand ``data`` to the pipeline and wait for its outcome (see :func:`test_message`)."""
+        msg, slot = self._message(data, metadata)
+        await self._send.send(msg)
+        await slot.done.wait()
+        assert slot.outcome is not None
+        return slot.outcome
+
     async def push_and_wait(
         self, items: Iterable[T], *, timeout: float = math.inf
     ) -> list[Outcome[T]]:
@@ -155,11 +163,7 @@ async def test_message(
         'ok'
     """
     with trio.fail_after(timeout):
-        msg, slot = source._message(data, metadata)
-        await source._send.send(msg)
-        await slot.done.wait()
-    assert slot.outcome is not None
-    return slot.outcome
+        return await source.push_one(data, metadata=metadata)
 
 
 async def test_batch(

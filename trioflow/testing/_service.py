@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import trio
 import trio.testing
 
 from .._validate import describe
-from ._service_run import _Run, run_once
+from ._service_run import ServiceRun, run_once
 from ._service_types import (
     BrokenInvariant,
     Matcher,
@@ -64,18 +64,23 @@ def _expect_of(expect: Any) -> ServiceExpect:
     if isinstance(expect, ServiceExpect):
         return expect
     if callable(expect) or isinstance(expect, Collection):
-        return ServiceExpect(dead_letters=expect)
+        return ServiceExpect(dead_letters=cast(Matcher, expect))
     raise TypeError(
         f"check_service: expect={describe(expect)} must be a ServiceExpect, a collection of "
         "the data (or ids) to dead-letter, or a predicate of the data"
     )
 
 
+def _trio_rng() -> Any:
+    """The ``random.Random`` behind trio's scheduler choices (None if trio moved it)."""
+    run_module: Any = getattr(getattr(trio, "_core", None), "_run", None)
+    return getattr(run_module, "_r", None)
+
+
 def _seed_trio(seed: int) -> Any:
     """Seed trio's scheduler choices and the ``random`` module (jittered backoffs) for one
     run; return the state to restore."""
-    run_module: Any = getattr(getattr(trio, "_core", None), "_run", None)
-    rng = getattr(run_module, "_r", None)
+    rng = _trio_rng()
     state = (None if rng is None else rng.getstate(), random.getstate())
     if rng is not None:  # else trio moved it: runs are only less reproducible
         rng.seed(seed)
@@ -86,7 +91,7 @@ def _seed_trio(seed: int) -> Any:
 def _restore_trio(state: Any) -> None:
     trio_state, random_state = state
     if trio_state is not None:
-        trio._core._run._r.setstate(trio_state)
+        _trio_rng().setstate(trio_state)
     random.setstate(random_state)
 
 
@@ -114,7 +119,7 @@ _DEFAULTS: dict[str, Any] = {
     "observe": True,
 }
 
-Attempt = tuple[_Run, ServiceResult]
+Attempt = tuple[ServiceRun, ServiceResult]
 
 
 class _Check:

@@ -16,16 +16,17 @@ import trio
 from .._batches import Batch
 from .._exceptions import PipelineError
 from .._message import Message
-from .._pipeline import Pipeline, compose
+from .._pipeline import Pipeline, compose, is_pipeline
 from .._report import RunReport
 from .._stages import Process, Route, Stage
+from .._tracing import is_message
 from .._validate import describe
 from ._service_types import BrokenInvariant, ServiceExpect, ServiceResult, matches
 from ._sim_faults import BrokerFault
 from ._sim_source import SimulatedSource
 from ._simulated import SimulatedBroker
 
-__all__ = ["observe_last_stage", "run_once", "unobservable"]
+__all__ = ["ServiceRun", "observe_last_stage", "run_once", "unobservable"]
 
 Recorder = Callable[[Message[Any]], None]
 
@@ -36,16 +37,15 @@ def _wrap_process(stage: Process[Any, Any], record: Recorder) -> Process[Any, An
     fn, own_messages, thread = stage.fn, stage.messages, stage.thread
 
     async def observed(item: Any) -> Any:
-        msgs: list[Message[Any]] = (
-            list(cast("Batch[Message[Any]]", item)) if isinstance(item, Batch) else [item]
-        )
+        msgs: list[Message[Any]]
         arg: Any
-        if own_messages:
-            arg = item
-        elif isinstance(item, Batch):
-            arg = Batch([m.data for m in msgs], item.info)
+        if isinstance(item, Batch):
+            batch = cast("Batch[Message[Any]]", item)
+            msgs = list(batch)
+            arg = batch if own_messages else Batch([m.data for m in msgs], batch.info)
         else:
-            arg = item.data
+            msgs = [item]
+            arg = item if own_messages else item.data
         if thread:
             result = await trio.to_thread.run_sync(fn, arg)
         else:
@@ -56,18 +56,23 @@ def _wrap_process(stage: Process[Any, Any], record: Recorder) -> Process[Any, An
             for m in msgs:
                 record(m)
             return None
-        if isinstance(result, Message):
-            if not result.failed:
-                record(result)
-        elif isinstance(result, list):
-            for m in result:
-                if isinstance(m, Message) and not m.failed:
-                    record(m)
+        _record_outputs(result, record)
         return result
 
     observed.__name__ = getattr(fn, "__name__", "stage")
     observed.__qualname__ = getattr(fn, "__qualname__", observed.__name__)
     return attrs.evolve(stage, fn=observed, messages=True, thread=False, terminal=True)
+
+
+def _record_outputs(result: object, record: Recorder) -> None:
+    """Record the messages a stage with ``messages=True`` returned, but the failed ones."""
+    if is_message(result):
+        if not result.failed:
+            record(result)
+    elif isinstance(result, list):
+        for out in cast("list[object]", result):
+            if is_message(out) and not out.failed:
+                record(out)
 
 
 def _wrap_last(
@@ -119,7 +124,7 @@ def unobservable(stage: Stage[Any, Any]) -> ValueError:
 
 
 @final
-class _Run:
+class ServiceRun:
     """The bookkeeping of one run of the service through one fault schedule."""
 
     def __init__(
@@ -181,12 +186,12 @@ async def run_once(
     restart_delay: float,
     max_time: float,
     observe: bool,
-) -> tuple[_Run, ServiceResult]:
+) -> tuple[ServiceRun, ServiceResult]:
     """Run the service once on ``broker`` through ``faults``; check it (raises ``ValueError``
     if ``observe`` and the last stage cannot be observed)."""
     published = broker.messages(topic)
     start = trio.current_time()
-    run = _Run(broker, topic, expect, observe)
+    run = ServiceRun(broker, topic, expect, observe)
     stop = trio.Event()
     scopes: dict[str, trio.CancelScope] = {}
     crashed: set[str] = set()
@@ -200,7 +205,7 @@ async def run_once(
     def make(consumer: str) -> Pipeline:
         source = broker.source(topic, group, consumer, **source_options)
         built = build(source)
-        pipeline: Pipeline = built if isinstance(built, Pipeline) else compose(built, None)
+        pipeline: Pipeline = built if is_pipeline(built) else compose(built, None)
         if not observe:
             return pipeline
         wrapped, blocked = observe_last_stage(pipeline, run.record)
@@ -279,12 +284,12 @@ async def run_once(
     return run, result
 
 
-def _finish_counts(run: _Run) -> Counter[str]:
+def _finish_counts(run: ServiceRun) -> Counter[str]:
     return Counter(mid for mid, _ in run.finished)
 
 
 def _final_checks(
-    run: _Run, broker: SimulatedBroker, topic: str, group: str, published: Sequence[Any]
+    run: ServiceRun, broker: SimulatedBroker, topic: str, group: str, published: Sequence[Any]
 ) -> None:
     expect = run.expect
     finishes = _finish_counts(run)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, final
+from typing import Any, cast, final
 
 import attrs
 
@@ -26,7 +26,7 @@ def matches(spec: Matcher, data: Any, mid: str) -> bool:
     """Whether message ``mid`` with ``data`` is one that ``spec`` names."""
     if callable(spec) and not isinstance(spec, Collection):
         return bool(spec(data))
-    names: Collection[Any] = spec
+    names = cast("Collection[object]", spec)
     return any(x in (mid, data) for x in names)
 
 
@@ -79,10 +79,10 @@ class ServiceViolation(AssertionError):
         original: Sequence[BrokerFault],
     ) -> None:
         super().__init__(message)
-        self.violations = list(violations)
-        self.seed = seed
-        self.faults = list(faults)
-        self.original = list(original)
+        self.violations: list[BrokenInvariant] = list(violations)
+        self.seed: int = seed
+        self.faults: list[BrokerFault] = list(faults)
+        self.original: list[BrokerFault] = list(original)
 
 
 @final

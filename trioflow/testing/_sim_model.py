@@ -10,7 +10,16 @@ from typing import Any, final
 import attrs
 import trio
 
-__all__ = ["AckObserver", "Consumer", "ConsumerCrashed", "Published", "Receipt"]
+__all__ = [
+    "AckObserver",
+    "Consumer",
+    "ConsumerCrashed",
+    "GroupState",
+    "Published",
+    "Receipt",
+    "TopicLog",
+    "sim_now",
+]
 
 
 #: a delivery's receipt: (message id, delivery count, connection generation)
@@ -23,11 +32,16 @@ class ConsumerCrashed(ConnectionError):
     """The simulated consumer was crashed by a fault; its pipeline stops (as a killed process)."""
 
 
-def _now() -> float:
+def sim_now() -> float:
+    """The trio clock's time, or 0.0 outside a trio run (publishing before trio runs)."""
     try:
         return trio.current_time()
-    except RuntimeError:  # publishing before trio runs
+    except RuntimeError:
         return 0.0
+
+
+#: the former name (testing/_sim_rabbit.py imports it)
+_now = sim_now
 
 
 @final
@@ -46,7 +60,7 @@ class Published:
     offset: int
     data: Any
     key: Any = None
-    headers: Mapping[str, Any] = attrs.field(factory=dict)
+    headers: Mapping[str, Any] = attrs.field(factory=dict[str, Any])
 
 
 @final
@@ -64,7 +78,9 @@ class _State:
 
 
 @final
-class _Group:
+class GroupState:
+    """What a consumer group of one topic has been handed: cursors, leases, message states."""
+
     __slots__ = (
         "cursor",
         "forced",
@@ -76,7 +92,7 @@ class _Group:
         "topic",
     )
 
-    def __init__(self, topic: _Topic, name: str) -> None:
+    def __init__(self, topic: TopicLog, name: str) -> None:
         self.topic = topic
         self.name = name
         self.states: dict[str, _State] = {}
@@ -99,7 +115,9 @@ class _Group:
 
 
 @final
-class _Topic:
+class TopicLog:
+    """A topic's stored messages: one log per partition, and every message in publish order."""
+
     __slots__ = ("logs", "name", "order")
 
     def __init__(self, name: str, partitions: int) -> None:

@@ -31,14 +31,15 @@ from __future__ import annotations
 
 # pyright: reportPrivateUsage=false
 # (a collaborator of SimulatedBroker: it reads and books the broker's private state)
+import importlib
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any, final
+from typing import Any, cast, final
 
 import trio
 
-from ._sim_model import ConsumerCrashed, Published, _now
+from ._sim_model import ConsumerCrashed, Published, sim_now
 from ._simulated import SimulatedBroker
 
 __all__ = ["SimulatedRedis"]
@@ -47,8 +48,10 @@ __all__ = ["SimulatedRedis"]
 def _coredis() -> Any:
     try:
         import coredis
-        import coredis.exceptions
-        import coredis.response.types
+
+        # the submodules the answers use (an import makes them attributes of the package)
+        importlib.import_module("coredis.exceptions")
+        importlib.import_module("coredis.response.types")
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "SimulatedRedis answers as coredis does: pip install 'trioflow[redis]'"
@@ -160,7 +163,7 @@ class SimulatedRedis:
         broker = self.broker
         if consumer is not None and self.consumer is None:
             self.consumer = consumer
-        if _now() < broker._down_until:
+        if sim_now() < broker._down_until:
             raise self._coredis.exceptions.ConnectionError(
                 "the simulated broker is restarting: connection refused"
             )
@@ -206,7 +209,7 @@ class SimulatedRedis:
         msg = self._message(stream, rid)
         data: Any = None if msg is None else msg.data
         if isinstance(data, Mapping):
-            items: Mapping[Any, Any] = data
+            items = cast("Mapping[object, object]", data)
             fields = OrderedDict((str(k), str(v)) for k, v in items.items())
         else:
             fields = OrderedDict([("data", str(data))])
@@ -234,7 +237,7 @@ class SimulatedRedis:
         broker = self.broker
         if not rids:
             return
-        now = _now()
+        now = sim_now()
         broker._record(now, "deliver", f"{group}/{consumer}: " + " ".join(rids))
         broker._count_deliveries(stream, group, consumer, len(rids))
         broker._fire(now)
@@ -296,7 +299,7 @@ class SimulatedRedis:
             g = self._group(stream, group)
             g.consumers.add(consumer)
             order = broker._topic(stream).order
-            now = _now()
+            now = sim_now()
             rids: list[str] = []
             limit = len(order) if count is None else count
             while g.next < len(order) and len(rids) < limit:
@@ -327,7 +330,7 @@ class SimulatedRedis:
         consumer = self.consumer or "?"
         held = broker._outstanding.get((stream, group, consumer), {})
         bg = broker._group(stream, group)
-        now = _now()
+        now = sim_now()
         acked = 0
         for rid in ids:
             msg = self._message(stream, rid)
@@ -402,7 +405,7 @@ class SimulatedRedis:
         self._check(key, group, consumer)
         g = self._group(key, group)
         types = self._coredis.response.types
-        now = _now()
+        now = sim_now()
         if start is None or end is None or count is None:
             ids = sorted(g.pel, key=_key)
             owners: dict[str, int] = {}
@@ -437,7 +440,7 @@ class SimulatedRedis:
     ) -> list[str]:
         g = self._group(stream, group)
         g.consumers.add(consumer)
-        now = _now()
+        now = sim_now()
         claimed: list[str] = []
         for rid in ids:
             p = g.pel.get(rid)

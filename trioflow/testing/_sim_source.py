@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # pyright: reportPrivateUsage=false
 # (a collaborator of SimulatedBroker: it reads and books the broker's private state)
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar, final
 
@@ -113,22 +113,22 @@ class SimulatedSource(Source[Any]):
         check_failure_options(on_failure, max_deliveries)
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"count={count!r} must be a positive integer")
-        self.broker = broker
-        self.topic = topic
-        self.group = group
-        self.consumer = consumer
+        self.broker: SimulatedBroker = broker
+        self.topic: str = topic
+        self.group: str = group
+        self.consumer: str = consumer
         self.on_failure: FailureAction = on_failure
-        self.max_deliveries = max_deliveries
-        self.count = count
-        self.partitions = None if partitions is None else tuple(partitions)
-        self.dead_letter = dead_letter or f"{topic}:dead"
-        self.name = name
+        self.max_deliveries: int | None = max_deliveries
+        self.count: int = count
+        self.partitions: tuple[int, ...] | None = None if partitions is None else tuple(partitions)
+        self.dead_letter: str = dead_letter or f"{topic}:dead"
+        self.name: str | None = name
 
     def open(self) -> AbstractAsyncContextManager[Source[Any]]:
         return self._open()
 
     @asynccontextmanager
-    async def _open(self) -> AsyncIterator[Source[Any]]:
+    async def _open(self) -> AsyncGenerator[Source[Any], None]:
         self.broker._connect(self.topic, self.group, self.consumer)
         yield _SimRun(self)
 

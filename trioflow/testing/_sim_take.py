@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ._sim_model import Published, Receipt, _now
+from ._sim_model import Published, Receipt, sim_now
 
 if TYPE_CHECKING:
     from ._simulated import SimulatedBroker
@@ -27,7 +27,7 @@ def take(
 ) -> list[tuple[Published, int, Receipt]]:
     """Lease up to ``count`` visible messages to ``consumer``: (message, delivery count,
     receipt) each."""
-    now = _now()
+    now = sim_now()
     if now < broker._down_until:
         return []
     g = broker._group(topic, group)

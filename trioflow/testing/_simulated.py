@@ -46,11 +46,11 @@ from ._sim_model import (
     AckObserver,
     Consumer,
     ConsumerCrashed,
+    GroupState,
     Published,
     Receipt,
-    _Group,
-    _now,
-    _Topic,
+    TopicLog,
+    sim_now,
 )
 
 if TYPE_CHECKING:
@@ -97,13 +97,13 @@ class SimulatedBroker:
             raise ValueError(f"partitions={partitions!r} must be a positive integer")
         if not redeliver_delay >= 0:
             raise ValueError(f"redeliver_delay={redeliver_delay!r} must be non-negative")
-        self.seed = seed
-        self.visibility_timeout = visibility_timeout
-        self.default_partitions = partitions
-        self.redeliver_delay = redeliver_delay
+        self.seed: int = seed
+        self.visibility_timeout: float = visibility_timeout
+        self.default_partitions: int = partitions
+        self.redeliver_delay: float = redeliver_delay
         self._rng = random.Random(seed)
-        self._topics: dict[str, _Topic] = {}
-        self._groups: dict[tuple[str, str], _Group] = {}
+        self._topics: dict[str, TopicLog] = {}
+        self._groups: dict[tuple[str, str], GroupState] = {}
         #: (topic, group, consumer) -> connection generation
         self._generation: dict[Consumer, int] = {}
         #: (topic, group, consumer) -> {message id: delivery count} handed out, not settled
@@ -119,8 +119,8 @@ class SimulatedBroker:
         self.claimed_in_flight: set[tuple[str, str]] = set()
         #: what happened: (time, event, detail)
         self.log: list[tuple[float, str, str]] = []
-        self.deliveries = 0
-        self.stale_acks = 0
+        self.deliveries: int = 0
+        self.stale_acks: int = 0
         self._down_until = -math.inf
         self._ack_delay: dict[str | None, float] = {}
         self._slow: dict[tuple[str, int], float] = {}
@@ -159,9 +159,9 @@ class SimulatedBroker:
                     f"topic {name!r} exists with {len(topic.logs)} partitions, not {count}"
                 )
             return
-        self._topics[name] = _Topic(name, count)
+        self._topics[name] = TopicLog(name, count)
 
-    def _topic(self, name: str) -> _Topic:
+    def _topic(self, name: str) -> TopicLog:
         if name not in self._topics:
             self.create_topic(name)
         return self._topics[name]
@@ -242,7 +242,7 @@ class SimulatedBroker:
         )
         other._rng.setstate(self._rng.getstate())
         for name, t in self._topics.items():
-            copy = _Topic(name, len(t.logs))
+            copy = TopicLog(name, len(t.logs))
             copy.logs = [list(log) for log in t.logs]
             copy.order = list(t.order)
             other._topics[name] = copy
@@ -266,7 +266,7 @@ class SimulatedBroker:
         if after:
             self._crash_after.append((consumer, group, after))
             return
-        now = _now()
+        now = sim_now()
         for key, gen in list(self._generation.items()):
             topic, gname, cname = key
             if cname != consumer or (group is not None and gname != group):
@@ -299,7 +299,7 @@ class SimulatedBroker:
         Example:
             >>> broker.restart(downtime=2.0)
         """
-        now = _now()
+        now = sim_now()
         for key in list(self._generation):
             self._generation[key] += 1
         for (topic, _, _), held in self._outstanding.items():
@@ -357,7 +357,7 @@ class SimulatedBroker:
             after = fault.after or 0
             self._armed.append((self.deliveries + after, fault, topic))
         self._armed.sort(key=lambda a: a[0])
-        self._fire(_now())
+        self._fire(sim_now())
 
     def _fire(self, now: float) -> None:
         while self._armed and self._armed[0][0] <= self.deliveries:
@@ -395,22 +395,22 @@ class SimulatedBroker:
 
         return SimulatedSource(self, topic, group, consumer, **options)
 
-    def _group(self, topic: str, group: str) -> _Group:
+    def _group(self, topic: str, group: str) -> GroupState:
         g = self._groups.get((topic, group))
         if g is None:
-            g = self._groups[(topic, group)] = _Group(self._topic(topic), group)
+            g = self._groups[(topic, group)] = GroupState(self._topic(topic), group)
         return g
 
     def _connect(self, topic: str, group: str, consumer: str) -> None:
         self._group(topic, group)
         key = (topic, group, consumer)
         self._generation[key] = self._generation.get(key, 0) + 1
-        self._record(_now(), "connect", f"{group}/{consumer} gen={self._generation[key]}")
+        self._record(sim_now(), "connect", f"{group}/{consumer} gen={self._generation[key]}")
 
     def _crashes_of(self, topic: str, group: str, consumer: str) -> int:
         return self._crashes.get((topic, group, consumer), 0)
 
-    def _expire(self, g: _Group, now: float) -> None:
+    def _expire(self, g: GroupState, now: float) -> None:
         for mid, st in list(g.leased.items()):
             if st.lease_until <= now:
                 del g.leased[mid]
@@ -460,7 +460,7 @@ class SimulatedBroker:
         """When something may become visible without a call (a lease expiring, a slow partition
         ready, the broker back up)."""
         g = self._group(topic, group)
-        now = _now()
+        now = sim_now()
         if any(st.lease_until <= now for st in g.leased.values()):
             self._expire(g, now)
             self._notify()
@@ -489,7 +489,7 @@ class SimulatedBroker:
     # -- settling (called by the source's acknowledger) ----------------------------------------
 
     def _live(self, topic: str, group: str, consumer: str, receipt: Receipt) -> bool:
-        if _now() < self._down_until:
+        if sim_now() < self._down_until:
             return False
         return receipt[2] == self._generation.get((topic, group, consumer))
 
@@ -501,14 +501,14 @@ class SimulatedBroker:
             observer(topic, mid, count, consumer, self._data(g, mid), not live)
         if not live:
             self.stale_acks += 1
-            self._record(_now(), "stale ack", f"{mid}#{count} from {consumer}")
+            self._record(sim_now(), "stale ack", f"{mid}#{count} from {consumer}")
             return
         self._outstanding.get((topic, group, consumer), {}).pop(mid, None)
         st = g.state(mid)
         if st.outcome is None:
             st.outcome = "acked"
             g.leased.pop(mid, None)
-            self._record(_now(), "ack", f"{mid}#{count} by {consumer}")
+            self._record(sim_now(), "ack", f"{mid}#{count} by {consumer}")
             self._notify()
 
     def _fail(
@@ -524,14 +524,14 @@ class SimulatedBroker:
         mid, count, _ = receipt
         if not self._live(topic, group, consumer, receipt):
             self.stale_acks += 1
-            self._record(_now(), "stale fail", f"{mid}#{count} from {consumer}")
+            self._record(sim_now(), "stale fail", f"{mid}#{count} from {consumer}")
             return
         self._outstanding.get((topic, group, consumer), {}).pop(mid, None)
         g = self._group(topic, group)
         st = g.state(mid)
         if st.outcome is not None:
             return
-        now = _now()
+        now = sim_now()
         if action == "redeliver":
             st.owner = None
             st.lease_until = now + self.redeliver_delay
@@ -550,7 +550,7 @@ class SimulatedBroker:
             self._record(now, action, f"{mid}#{count}")
         self._notify()
 
-    def _data(self, g: _Group, mid: str) -> Any:
+    def _data(self, g: GroupState, mid: str) -> Any:
         _, partition, offset = mid.rsplit("/", 2)
         return g.topic.logs[int(partition)][int(offset)].data
 

@@ -62,9 +62,9 @@ class InFlightMeter:
     __slots__ = ("peak", "pulled", "settled")
 
     def __init__(self) -> None:
-        self.pulled = 0
-        self.settled = 0
-        self.peak = 0
+        self.pulled: int = 0
+        self.settled: int = 0
+        self.peak: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -105,15 +105,15 @@ class RecordingAcknowledger:
 
     def __init__(self, meter: InFlightMeter | None = None, *, delay: float = 0.0) -> None:
         #: seconds each ``ack`` call takes (a slow broker: settled messages back up behind it)
-        self.delay = delay
+        self.delay: float = delay
         self.acked: list[Any] = []
         self.failed: list[tuple[Any, Reason]] = []
-        self.calls = 0
-        self.meter = meter if meter is not None else InFlightMeter()
+        self.calls: int = 0
+        self.meter: InFlightMeter = meter if meter is not None else InFlightMeter()
         #: sequence number -> the message to forward the outcome to (see :func:`record`)
         self.forward: dict[Any, Message[Any]] = {}
         #: the next sequence number :func:`record` hands out (shared by merged members)
-        self.next_seq = 0
+        self.next_seq: int = 0
         #: the data a :class:`TestSource` pulled, by sequence number (for :meth:`ack_ids`)
         self.pulled: list[Any] | None = None
         self._seen: set[Any] = set()
@@ -249,9 +249,9 @@ class TestSource(_Recorded, Source[T], Generic[T]):
     def __init__(
         self, iterable: Iterable[T], *, name: str | None = None, ack_delay: float = 0.0
     ) -> None:
-        self.iterable = iterable
-        self.name = name
-        self.acknowledger = RecordingAcknowledger(delay=ack_delay)
+        self.iterable: Iterable[T] = iterable
+        self.name: str | None = name
+        self.acknowledger: RecordingAcknowledger = RecordingAcknowledger(delay=ack_delay)
         self.pulled_data: list[T] = []
         self.acknowledger.pulled = self.pulled_data
         self._stop_after: tuple[int, trio.Event] | None = None
@@ -322,9 +322,10 @@ class _RecordingOutlet:
         rec.next_seq += 1
         owner.pulled_seqs.append(seq)
         if type(item) is Message:
-            owner.pulled_data.append(item.data)
-            rec.forward[seq] = item
-            wrapped = Message(item.data, {**item.metadata, SEQ: seq}, rec)
+            msg = cast("Message[object]", item)
+            owner.pulled_data.append(msg.data)
+            rec.forward[seq] = msg
+            wrapped = Message(msg.data, {**msg.metadata, SEQ: seq}, rec)
         else:
             owner.pulled_data.append(item)
             wrapped = Message(item, {SEQ: seq}, rec)
@@ -365,8 +366,10 @@ class RecordedSource(_Recorded, Source[T], Generic[T]):
     """
 
     def __init__(self, inner: Source[T], acknowledger: RecordingAcknowledger | None = None) -> None:
-        self.inner = inner
-        self.acknowledger = acknowledger if acknowledger is not None else RecordingAcknowledger()
+        self.inner: Source[T] = inner
+        self.acknowledger: RecordingAcknowledger = (
+            acknowledger if acknowledger is not None else RecordingAcknowledger()
+        )
         self.pulled_data: list[T] = []
         self.pulled_seqs: list[int] = []
         self._parts: tuple[RecordedSource[Any], ...] | None = None

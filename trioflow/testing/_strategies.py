@@ -11,10 +11,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from .. import _stages
 from .._pipeline import Pipeline
 from .._retry import Backoff, Retry
-from .._stages import Stage
+from .._stages import Stage, batch, flat_map, process, rate_limit, route
+from .._stages import filter as filter_stage
 from ._graph import (
     BatchSpec,
     FailurePlan,
@@ -98,26 +98,24 @@ def stages(draw: st.DrawFn, fn: Callable[[Any], Any] | None = None) -> Stage[Any
         n = draw(st.integers(1, 4))
         ordered = n > 1 and draw(st.booleans())
         part = None if ordered else draw(st.sampled_from([None, hash]))
-        return _stages.process(
+        return process(
             f, n, ordered=ordered, partition_by=part, retry=draw(retries()), buffer=buffer
         )
     if kind == "filter":
-        return _stages.filter(_always, buffer=buffer)
+        return filter_stage(_always, buffer=buffer)
     if kind == "flat_map":
-        return _stages.flat_map(_single, buffer=buffer)
+        return flat_map(_single, buffer=buffer)
     if kind == "batch":
-        b = _stages.batch(
+        b = batch(
             draw(st.integers(1, 5)),
             draw(st.sampled_from([None, 0.5, 1.0, 3.0])),
             key=draw(st.sampled_from([None, _zero, hash])),
             buffer=buffer,
         )
-        return b | _stages.flat_map(_identity)
+        return b | flat_map(_identity)
     if kind == "rate_limit":
-        return _stages.rate_limit(
-            draw(st.integers(1, 4)), draw(st.sampled_from([0.5, 1.0])), buffer=buffer
-        )
-    return _stages.route(_zero, {0: _stages.process(fn or _identity)}, buffer=buffer)
+        return rate_limit(draw(st.integers(1, 4)), draw(st.sampled_from([0.5, 1.0])), buffer=buffer)
+    return route(_zero, {0: process(fn or _identity)}, buffer=buffer)
 
 
 def tokens(max_size: int = 20, *, values: st.SearchStrategy[int] | None = None) -> Any:
@@ -262,7 +260,7 @@ def _chain(
             keys = draw(
                 st.lists(st.integers(0, mod - 1), min_size=1, max_size=mod, unique=True).map(sorted)
             )
-            branches = []
+            branches: list[tuple[int, tuple[Spec, ...]]] = []
             for k in keys:
                 sub = _chain(draw, ids, depth=depth - 1, max_len=2, sink=None, branch=True) or (
                     ProcessSpec(ids(), "item"),
