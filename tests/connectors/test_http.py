@@ -421,6 +421,68 @@ async def test_sink_429_honours_retry_after_http_date(
     assert 28.9 <= times[1] - times[0] <= 30.0  # an HTTP date has whole seconds
 
 
+async def test_sink_stops_retrying_at_the_retry_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # calls at t=0, 2, 4; a fourth would start at 6, past the 5 s deadline: the 503 is final
+    times: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        times.append(trio.current_time())
+        return httpx.Response(503, text="busy")
+
+    retry = tf.Retry(attempts=10, backoff=tf.Backoff.constant(2.0), deadline=5.0)
+    async with mock_client(handler) as client:
+        src = TestSource([1])
+        out = HttpSink(client, "/x", retry=retry)
+        await (src | tf.sink(out)).run()
+    assert times == [0.0, 2.0, 4.0]
+    [(_, reason)] = src.failed
+    assert str(reason) == (
+        "HTTP 503 Service Unavailable from POST http://api.test/x: busy (no retry after 3 "
+        "attempt(s) in 4.0 s: the next, in 2 s, would pass the retry deadline of 5 s)"
+    )
+    assert isinstance(reason, HttpStatusError)
+    assert out.retried == 2
+
+
+async def test_a_retry_after_past_the_deadline_is_not_waited(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # the server asks for 30 s, the deadline allows 10: the source fails at once, no wait
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"retry-after": "30"}, text="slow down")
+
+    retry = tf.Retry(attempts=5, backoff=tf.Backoff.constant(0.1), deadline=10.0)
+    async with mock_client(handler) as client:
+        source = HttpSource(client, "/items", retry=retry)
+        start = trio.current_time()
+        with pytest.raises(tf.PipelineError) as info:
+            await (source | tf.sink(print)).run()
+    assert trio.current_time() - start < 1.0
+    assert isinstance(info.value.__cause__, HttpStatusError)
+    assert "would pass the retry deadline of 10 s" in str(info.value.__cause__)
+
+
+async def test_transport_errors_stop_at_the_deadline_with_their_cause(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    calls: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(trio.current_time())
+        raise httpx.ConnectError("refused", request=request)
+
+    retry = tf.Retry(attempts=10, backoff=tf.Backoff.constant(3.0), deadline=5.0)
+    async with mock_client(handler) as client:
+        src = TestSource([1])
+        await (src | tf.sink(HttpSink(client, "/x", retry=retry))).run()
+    assert calls == [0.0, 3.0]
+    [(_, reason)] = src.failed
+    assert type(reason) is HttpTransportError
+    assert isinstance(reason.__cause__, httpx.ConnectError)
+
+
 async def test_sink_429_asking_too_long_fails_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

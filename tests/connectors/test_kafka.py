@@ -11,7 +11,7 @@ import pytest
 import trio
 
 import trioflow as tf
-from trioflow.connectors.kafka import KafkaSink, KafkaSource, record_key
+from trioflow.connectors.kafka import KafkaSink, KafkaSource, _delivery_count, record_key
 
 from .kafka_server import FAST_GROUP, KafkaServer, kafka_server
 
@@ -47,6 +47,29 @@ async def _run_until(pipeline: tf.Pipeline, done: trio.Event, timeout: float = 6
 def test_redeliver_cannot_be_honoured_and_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot be honoured: a Kafka partition is one ordered"):
         KafkaSource("t", "g", on_failure="redeliver")
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5])
+def test_max_deliveries_is_checked_as_the_other_broker_sources_check_it(bad: Any) -> None:
+    # the shared check: a bool (an int to isinstance) was taken as 1 before
+    with pytest.raises(ValueError, match=r"^max_deliveries=.* must be a positive integer or None$"):
+        KafkaSource("t", "g", max_deliveries=bad)
+
+
+def test_the_delivery_count_header_is_read_without_the_metadata() -> None:
+    class Record:
+        def __init__(self, headers: Any) -> None:
+            self._headers = headers
+
+        def headers(self) -> Any:
+            return self._headers
+
+    assert _delivery_count(Record(None)) == 1
+    assert _delivery_count(Record([("trioflow-delivery-count", b"3")])) == 3
+    # repeated: the last one, as the metadata's dict of headers keeps it
+    two = [("trioflow-delivery-count", b"2"), ("x", b"y"), ("trioflow-delivery-count", b"4")]
+    assert _delivery_count(Record(two)) == 4
+    assert _delivery_count(Record([("trioflow-delivery-count", b"junk")])) == 1
 
 
 async def test_more_calls_than_partitions_in_order_per_key_and_commits_reach_the_end(

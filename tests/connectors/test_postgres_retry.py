@@ -83,6 +83,25 @@ async def test_retry_deadline_and_attempts_both_bound_the_retries(
     assert few.retried == 2
 
 
+async def test_a_retrys_own_deadline_bounds_the_sink_and_wins_over_retry_deadline(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    row = {"id": 1, "name": "a", "n": 1}
+    policy = tf.Retry(attempts=100, backoff=tf.Backoff.constant(1.0), deadline=2.5)
+    for save in (
+        PostgresSink(unreachable_dsn(), "t", key="id", retry=policy),
+        PostgresSink(unreachable_dsn(), "t", key="id", retry=policy, retry_deadline=60.0),
+    ):
+        assert save.retry_deadline == 2.5
+        started = trio.current_time()
+        with pytest.raises(TransientDatabaseError, match=r"\(after 4 attempts in 2\.5 s\)$"):
+            await save([row])
+        assert trio.current_time() - started == 2.5
+    # without a deadline of its own, retry_deadline (default 30 s) is the bound
+    plain = tf.Retry(attempts=100, backoff=tf.Backoff.constant(1.0))
+    assert PostgresSink("dsn", "t", key="id", retry=plain).retry_deadline == 30.0
+
+
 def test_retry_deadline_is_checked() -> None:
     for bad in (-1, "30", math.nan):
         with pytest.raises(

@@ -95,8 +95,13 @@ async def test_closed_connections_reconnect_without_loss_or_stale_acks(
     channel; they come again, so every message is settled, and dead-lettered exactly once."""
     await fill(rabbit.port, queue, bodies())
     seen: list[bytes] = []
+    # work waits while the connections are closed, so messages are in flight then (rabbitmqctl
+    # takes a second or two to start: without the gate the run could be over before it acts)
+    gate = trio.Event()
 
     async def slow(body: bytes) -> None:
+        if len(seen) >= 60:
+            await gate.wait()
         await trio.sleep(0.01)
         seen.append(body)
         if int(body) % 50 == 0:
@@ -111,6 +116,8 @@ async def test_closed_connections_reconnect_without_loss_or_stale_acks(
             )
             await until(lambda: len(seen) >= 60, 20)
             await trio.to_thread.run_sync(rabbit.close_all_connections)
+            await until(lambda: ("down", source.label) in events.seen, 10)
+            gate.set()
             await until(lambda: len(set(seen)) >= N and handle.metrics.unsettled == 0, 30)
             await until(
                 lambda: handle.metrics.received == handle.metrics.acked + handle.metrics.failed, 10

@@ -13,7 +13,7 @@ import trio.testing
 import trioflow as tf
 import trioflow.abc
 from trioflow.connectors import Reconnect, SourceUnavailable
-from trioflow.connectors._reconnect import keep_connected
+from trioflow.connectors._reconnect import Outage, keep_connected
 
 
 class Events(tf.abc.Instrument):
@@ -112,3 +112,18 @@ def test_the_policy_validates_its_limit() -> None:
     with pytest.raises(ValueError, match=r"give_up_after=-1"):
         Reconnect(give_up_after=-1)
     assert Reconnect(give_up_after=None).give_up_after is None
+
+
+async def test_an_outage_waits_the_backoff_never_past_give_up_after(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # the one count of tries that the reconnect loop and Redis's ack retries share
+    outage = Outage(Reconnect(backoff=tf.Backoff.constant(4.0), give_up_after=10.0))
+    waits: list[float] = []
+    while (delay := outage.next_delay()) is not None:
+        waits.append(delay)
+        await trio.sleep(delay)
+    assert waits == [4.0, 4.0, 2.0]  # the last wait ends at give_up_after
+    assert (outage.attempt, outage.elapsed) == (4, 10.0)
+    forever = Outage(Reconnect(backoff=tf.Backoff.constant(100.0), give_up_after=None))
+    assert [forever.next_delay() for _ in range(3)] == [100.0] * 3

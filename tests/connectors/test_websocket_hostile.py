@@ -372,6 +372,13 @@ def test_new_arguments_are_validated() -> None:
     with pytest.raises(ValueError, match=r"^allowed_origins entry 'https://a.example/path' "):
         WebSocketServerSource(allowed_origins=["https://a.example/path"])
     assert WebSocketServerSource(allowed_origins="*").allowed_origins == "*"
+    # the dashboard's origin rules, one implementation: a page's origin is http or https
+    for other in ("ws://app.example", "chrome-extension://abcdef"):
+        with pytest.raises(ValueError, match=r"^allowed_origins entry '[^']+' must be '\*' or"):
+            WebSocketServerSource(allowed_origins=[other])
+    assert WebSocketServerSource(allowed_origins=["HTTPS://App.Example"]).allowed_origins == (
+        frozenset({"https://app.example:443"})
+    )
 
 
 # --- pieces ---------------------------------------------------------------------------------------

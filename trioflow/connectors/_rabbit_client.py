@@ -3,7 +3,7 @@ lost connection. See :mod:`trioflow.connectors.rabbitmq`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,20 @@ from ._reconnect import CONNECTION_ERRORS
 if TYPE_CHECKING:
     from .rabbitmq import RabbitQueueSource
 
-__all__ = ["PROPERTIES", "ConnectionLost", "connect", "open_channel", "publish"]
+__all__ = [
+    "PROPERTIES",
+    "ConnectionFactory",
+    "ConnectionLost",
+    "connect",
+    "open_channel",
+    "publish",
+    "set_prefetch",
+]
+
+#: what opens a source's connection: ``factory(source, **options)`` (``options``: serena's
+#: ``heartbeat_interval`` and ``channel_buffer_size``), an async context manager of a
+#: connection; a lost connection raises out of its ``async with``
+ConnectionFactory = Callable[..., AbstractAsyncContextManager[Any]]
 
 #: seconds a (re)connection may take: TCP connect, AMQP handshake, channel, declarations
 CONNECT_TIMEOUT = 10.0
@@ -30,7 +43,7 @@ class ConnectionLost(ConnectionError):
     so the source reconnects under its ``reconnect`` policy."""
 
 
-def _is_lost(exc: BaseException) -> bool:
+def is_lost(exc: BaseException) -> bool:
     """Whether ``exc`` (every leaf of a group) says the connection is gone, not a bug: a socket
     error, an ended stream, or the broker closing the connection (a shutdown, an operator's
     ``close_connection``: CONNECTION_FORCED)."""
@@ -51,7 +64,7 @@ def _is_lost(exc: BaseException) -> bool:
     )
 
 
-def _describe(exc: BaseException | None) -> str:
+def describe(exc: BaseException | None) -> str:
     """One line for the log: the first real error in ``exc``."""
     if exc is None:
         return "the connection closed"
@@ -86,7 +99,7 @@ def _serena() -> Any:
 
         def read_array(self: Any) -> list[Any]:
             items = DecodingBuffer(self.read_long_string())
-            values = []
+            values: list[Any] = []
             while items.has_data:
                 values.append(items.read_field_value())
             return values
@@ -119,7 +132,7 @@ def connect(
 
 
 @asynccontextmanager
-async def open_channel(conn: Any) -> AsyncIterator[Any]:
+async def open_channel(conn: Any) -> AsyncGenerator[Any, None]:
     """A channel of serena connection ``conn``, whose streams are all closed on the way out.
 
     serena 0.9 closes only the sending ends of a channel's internal streams; the receiving ends
@@ -136,7 +149,7 @@ async def open_channel(conn: Any) -> AsyncIterator[Any]:
 
 
 @asynccontextmanager
-async def _connection(spec: RabbitQueueSource, **options: Any) -> AsyncIterator[Any]:
+async def serena_connection(spec: RabbitQueueSource, **options: Any) -> AsyncGenerator[Any, None]:
     """A serena connection for a source: serena's ``open_connection``, except that the
     connect and handshake time out after ``CONNECT_TIMEOUT`` (a broker that accepts but never
     answers is an outage too), and the socket is closed whatever fails (serena leaves it open
@@ -152,14 +165,17 @@ async def _connection(spec: RabbitQueueSource, **options: Any) -> AsyncIterator[
             sock = await anyio.connect_tcp(spec.host, spec.port)
         try:
             conn = AMQPConnection(sock, **options)
-            await conn._do_startup_handshake(spec.username, spec.password, spec.virtual_host)
+            # serena opens connections only on sockets of its own (no timeout, no Unix-socket
+            # cleanup): its connection class is driven by hand, through protected methods
+            handshake = conn._do_startup_handshake  # pyright: ignore[reportPrivateUsage]
+            await handshake(spec.username, spec.password, spec.virtual_host)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await sock.aclose()
             raise
     try:
         async with anyio.create_task_group() as tasks:
-            conn._start_tasks(tasks)
+            conn._start_tasks(tasks)  # pyright: ignore[reportPrivateUsage]
             try:
                 yield conn
             finally:
@@ -169,7 +185,42 @@ async def _connection(spec: RabbitQueueSource, **options: Any) -> AsyncIterator[
             await conn.close()
         finally:
             with trio.CancelScope(shield=True):
-                await conn._close_ungracefully()
+                await conn._close_ungracefully()  # pyright: ignore[reportPrivateUsage]
+
+
+async def declare(channel: Any, spec: RabbitQueueSource) -> None:
+    """Declare ``spec``'s queue (durable), with its dead-letter exchange and queue if it has
+    one (a fanout exchange bound to a durable queue of the same name)."""
+    serena = require("serena", "rabbitmq")
+    dead = spec.dead_letter
+    arguments = dict(spec.arguments)
+    if dead is not None:
+        await channel.exchange_declare(dead, serena.ExchangeType.FANOUT, durable=True)
+        await channel.queue_declare(dead, durable=True)
+        await channel.queue_bind(dead, dead, "")
+        arguments = {"x-dead-letter-exchange": dead, **arguments}
+    await channel.queue_declare(spec.queue, durable=True, arguments=arguments)
+
+
+async def set_prefetch(channel: Any, count: int) -> None:
+    """``Basic.Qos``: at most ``count`` un-acked messages out to each consumer of ``channel``.
+
+    Per consumer (``global_=False``): quorum queues refuse a channel-wide limit, and a source's
+    channel has one consumer, so the two are the same there. serena 0.9 has no ``basic_qos``,
+    so the frame is sent by hand; a channel that has one (a simulated one) is asked directly.
+
+    Examples:
+        >>> await set_prefetch(channel, 200)
+    """
+    qos = getattr(channel, "basic_qos", None)
+    if qos is not None:
+        await qos(prefetch_count=count, global_=False)
+        return
+    require("serena", "rabbitmq")
+    from serena.payloads.method import BasicQOSOkPayload, BasicQOSPayload
+
+    payload = BasicQOSPayload(prefetch_size=0, prefetch_count=count, global_=False)
+    await channel._send_and_receive_frame(payload, BasicQOSOkPayload)
 
 
 def _close_streams(channel: Any) -> None:

@@ -22,7 +22,7 @@ import trio
 from .._groups import leaves
 from .._retry import Backoff
 
-__all__ = ["CONNECTION_ERRORS", "Reconnect", "SourceUnavailable", "keep_connected"]
+__all__ = ["CONNECTION_ERRORS", "Outage", "Reconnect", "SourceUnavailable", "keep_connected"]
 
 #: errors that mean "the connection is gone" for any client built on sockets
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -51,7 +51,7 @@ def _check_give_up(_: Any, __: Any, value: float | None) -> None:
 class Reconnect:
     """How a broker source reconnects after it loses its connection.
 
-    Args:
+    Attributes:
         backoff: the wait before each try of one outage (default: 0.1 s doubling up to 5 s,
             with full jitter, so many consumers do not reconnect in step).
         give_up_after: how long one outage may last, in seconds, before the run fails with
@@ -77,6 +77,39 @@ def is_transient(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> 
     return bool(found) and all(isinstance(leaf, kinds) for leaf in found)
 
 
+@final
+class Outage:
+    """One outage under a :class:`Reconnect` policy, from its first failed try: counts the
+    tries and says how long to wait before the next, until ``give_up_after`` has passed.
+
+    Examples:
+        >>> outage = Outage(Reconnect(give_up_after=30.0))
+        >>> delay = outage.next_delay()  # after a failed try: None once it is time to give up
+    """
+
+    def __init__(self, policy: Reconnect) -> None:
+        self.policy = policy
+        #: failed tries so far
+        self.attempt = 0
+        self.since = trio.current_time()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the outage began."""
+        return trio.current_time() - self.since
+
+    def next_delay(self) -> float | None:
+        """Count a failed try; the wait before the next (never past ``give_up_after``), or
+        ``None`` once ``give_up_after`` has passed."""
+        self.attempt += 1
+        elapsed = self.elapsed
+        limit = self.policy.give_up_after
+        if limit is not None and elapsed >= limit:
+            return None
+        delay = self.policy.backoff.delay(self.attempt)
+        return delay if limit is None else min(delay, limit - elapsed)
+
+
 async def keep_connected(
     out: Any,
     policy: Reconnect | None,
@@ -90,14 +123,13 @@ async def keep_connected(
     ``session`` calls ``connected()`` once its connection is up (and has pulled nothing yet
     that it could lose): that ends an outage. ``what`` names the source in errors.
     """
-    attempt = 0
-    down_since: float | None = None
+    outage: Outage | None = None
 
     def connected() -> None:
-        nonlocal attempt, down_since
-        if down_since is not None:
-            out.reconnected(attempt, trio.current_time() - down_since)
-        attempt, down_since = 0, None
+        nonlocal outage
+        if outage is not None:
+            out.reconnected(outage.attempt, outage.elapsed)
+        outage = None
 
     while True:
         try:
@@ -106,19 +138,14 @@ async def keep_connected(
         except Exception as exc:
             if policy is None or not is_transient(exc, transient):
                 raise
-            now = trio.current_time()
-            if down_since is None:
-                down_since = now
-            attempt += 1
-            elapsed = now - down_since
-            limit = policy.give_up_after
-            if limit is not None and elapsed >= limit:
+            if outage is None:
+                outage = Outage(policy)
+            delay = outage.next_delay()
+            if delay is None:
                 raise SourceUnavailable(
-                    f"{what}: no connection for {elapsed:.1f} s ({attempt} tries, "
-                    f"give_up_after={limit}); last error: {type(exc).__name__}: {exc}"
+                    f"{what}: no connection for {outage.elapsed:.1f} s ({outage.attempt} tries, "
+                    f"give_up_after={policy.give_up_after}); last error: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
-            delay = policy.backoff.delay(attempt)
-            if limit is not None:
-                delay = min(delay, limit - elapsed)
-            out.disconnected(exc, attempt, delay)
+            out.disconnected(exc, outage.attempt, delay)
             await trio.sleep(delay)

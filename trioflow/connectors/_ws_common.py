@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection
 
 Format = Literal["json"] | None
-_MIB = 1 << 20
+MIB = 1 << 20
 
 logger = logging.getLogger("trioflow")
 
@@ -38,7 +38,7 @@ class WebSocketClosed(WebSocketError, ConnectionError):
         self.reason = reason
 
 
-def _closed(exc: Any, url: str) -> WebSocketClosed:
+def closed_error(exc: Any, url: str) -> WebSocketClosed:
     reason = getattr(exc, "reason", None)
     code = getattr(reason, "code", None)
     text = getattr(reason, "reason", None)
@@ -49,7 +49,7 @@ def _closed(exc: Any, url: str) -> WebSocketClosed:
     )
 
 
-def _connect_error(exc: BaseException, url: str) -> WebSocketConnectError:
+def connect_error(exc: BaseException, url: str) -> WebSocketConnectError:
     cause = exc.__cause__ or exc.__context__
     detail = str(exc) or (str(cause) if cause is not None else "") or type(exc).__name__
     status = getattr(exc, "status_code", None)
@@ -58,7 +58,7 @@ def _connect_error(exc: BaseException, url: str) -> WebSocketConnectError:
     return WebSocketConnectError(f"{url}: could not connect: {detail}")
 
 
-async def _release(ws: WebSocketConnection) -> None:
+async def release(ws: WebSocketConnection) -> None:
     # trio-websocket 0.12 leaves a client's socket open when the server closed first (it waits
     # for the server's TCP close, then never closes its own end): close it ourselves.
     stream = getattr(ws, "_stream", None)
@@ -66,7 +66,7 @@ async def _release(ws: WebSocketConnection) -> None:
         await trio.aclose_forcefully(stream)
 
 
-def _decode(raw: str | bytes, format: Format) -> tuple[Any, BaseException | None]:
+def decode(raw: str | bytes, format: Format) -> tuple[Any, BaseException | None]:
     if format != "json":
         return raw, None
     try:

@@ -7,22 +7,21 @@ docs/connectors/websocket.md.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import itertools
 import json
-import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast, final
 
 import trio
 
+from .._http import Access, is_loopback
 from .._message import Message
 from .._message import reason_text as _reason_text
 from .._sources import Outlet, Source
 from ._lazy import require
 from ._trace_context import TRACEPARENT, TRACESTATE, from_header_pairs
-from ._ws_common import _MIB, Format, _decode, logger
+from ._ws_common import MIB, Format, decode, logger
 
 if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection, WebSocketRequest
@@ -35,8 +34,7 @@ __all__ = ["WebSocketServerSource"]
 _MAX_REFUSING = 32
 #: how long a refused socket lingers to let the client read the 503 (reads are discarded)
 _REFUSE_LINGER = 1.0
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-_Origins = frozenset[tuple[str, str, int | None]]
+_Origins = frozenset[str]
 
 
 def _address(sockaddr: Any) -> str:
@@ -44,29 +42,20 @@ def _address(sockaddr: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _is_loopback(host: str) -> bool:
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
-    except ValueError:
-        return False
+#: the dashboard's rules, one implementation: an Access with no listed origins answers
+#: "is this Origin the same as the Host?"
+_SAME_ORIGIN = Access(bound="")
 
 
-def _origin(text: str) -> tuple[str, str, int | None] | None:
-    """``scheme://host[:port]`` as ``(scheme, host, port)``; ``None`` when it is not an origin."""
+def _origin(text: str) -> str | None:
+    """``text`` as ``scheme://host:port`` (http or https, default port filled in, lowercase),
+    as the dashboard normalizes origins; ``None`` when it is not one."""
     try:
-        parts = urllib.parse.urlsplit(text.strip())
-        port = parts.port
+        access = Access.build("", allow_remote=True, allowed_hosts=None, allowed_origins=[text])
     except ValueError:
         return None
-    if not parts.scheme or not parts.hostname or parts.path not in ("", "/"):
-        return None
-    if parts.query or parts.fragment or parts.username is not None:
-        return None
-    scheme = parts.scheme.lower()
-    return scheme, parts.hostname.lower(), port if port is not None else _DEFAULT_PORTS.get(scheme)
+    [normal] = access.origins
+    return normal
 
 
 def _response(status: int, phrase: str, body: str) -> bytes:
@@ -210,7 +199,7 @@ class WebSocketServerSource(Source[Any]):
         envelope: bool = True,
         format: Format = "json",
         max_in_flight: int = 100,
-        max_message_size: int = _MIB,
+        max_message_size: int = MIB,
         max_connections: int = 100,
         handshake_timeout: float = 5.0,
         allowed_origins: Iterable[str] | None = None,
@@ -246,7 +235,7 @@ class WebSocketServerSource(Source[Any]):
         self.max_message_size = max_message_size
         self.max_connections = max_connections
         self.handshake_timeout = float(handshake_timeout)
-        #: ``None`` (same origin), ``"*"``, or the allowed origins as (scheme, host, port)
+        #: ``None`` (same origin), ``"*"``, or the allowed origins (``scheme://host:port``)
         self.allowed_origins: _Origins | Literal["*"] | None = (
             None if allowed_origins is None else _origins(allowed_origins)
         )
@@ -260,7 +249,7 @@ class WebSocketServerSource(Source[Any]):
         return self._open()
 
     @asynccontextmanager
-    async def _open(self) -> AsyncIterator[Source[Any]]:
+    async def _open(self) -> AsyncGenerator[Source[Any], None]:
         require("trio_websocket", "websocket")
         run = _ServerRun(self)
         async with trio.open_nursery() as nursery:
@@ -288,7 +277,7 @@ class WebSocketServerSource(Source[Any]):
 
 def _origins(allowed: Iterable[str]) -> _Origins | Literal["*"]:
     entries = [allowed] if isinstance(allowed, str) else list(allowed)
-    keys: set[tuple[str, str, int | None]] = set()
+    keys: set[str] = set()
     for entry in entries:
         if entry == "*":
             return "*"
@@ -342,7 +331,7 @@ class _ServerRun(Source[Any]):
         """Accept connections until cancelled (accept errors such as EMFILE: back off, go on)."""
         listeners = await trio.open_tcp_listeners(self.spec.port, host=self.spec.host)
         names = [listener.socket.getsockname() for listener in listeners]
-        self._loopback = all(_is_loopback(name[0]) for name in names)
+        self._loopback = all(is_loopback(name[0]) for name in names)
         self.port = names[0][1]
         # trio's serve_listeners sleeps 0.1 s and retries on EMFILE, ENFILE, ENOMEM, ENOBUFS
         await trio.serve_listeners(self._serve_stream, listeners, task_status=task_status)
@@ -408,23 +397,25 @@ class _ServerRun(Source[Any]):
             return
         async with trio.open_nursery() as nursery:  # holds trio-websocket's reader task
             ws: WebSocketConnection | None = None
+            request: WebSocketRequest | None = None
             key = object()
             deadline = trio.current_time() + spec.handshake_timeout
             with trio.CancelScope(deadline=deadline) as handshake:
                 self._handshaking[key] = handshake
                 try:
-                    request = await tw.wrap_server_stream(
+                    shaking: WebSocketRequest = await tw.wrap_server_stream(
                         _ReaderNursery(nursery, handshake.cancel),
                         stream,
                         max_message_size=spec.max_message_size,
                     )
+                    request = shaking
                     self._handshaking.pop(key, None)
-                    refusal = self._origin_refusal(request)
+                    refusal = self._origin_refusal(shaking)
                     if refusal is None:
-                        ws = await request.accept()
+                        ws = await shaking.accept()
                     else:
                         self._note("origin", f"refused {peer}: {refusal}")
-                        await request.reject(403, body=f"{refusal}\n".encode())
+                        await shaking.reject(403, body=f"{refusal}\n".encode())
                 except tw.ConnectionClosed:
                     pass  # it left during the handshake
                 finally:
@@ -433,7 +424,7 @@ class _ServerRun(Source[Any]):
                 self._note(
                     "handshake", f"closed {peer}: no handshake in {spec.handshake_timeout:g}s"
                 )
-            if ws is not None:
+            if ws is not None and request is not None:
                 await self._serve_client(ws, peer, from_header_pairs(request.headers))
             nursery.cancel_scope.cancel()  # the reader, if the close handshake did not end it
 
@@ -453,16 +444,9 @@ class _ServerRun(Source[Any]):
         host = getattr(getattr(request, "_event", None), "host", None)
         if origin is None or not isinstance(host, str):
             return f"origin {text!r} is not allowed"
-        try:
-            parts = urllib.parse.urlsplit("//" + host)
-            host_name, host_port = (parts.hostname or "").lower(), parts.port
-        except ValueError:
-            return f"host {host!r} is not valid"
-        scheme, name, port = origin
-        same_port = port == host_port or (host_port is None and port == _DEFAULT_PORTS.get(scheme))
-        if name != host_name or not same_port:
+        if not _SAME_ORIGIN.origin_allowed(text, host):
             return f"origin {text!r} is not this server's ({host}); see allowed_origins"
-        if self._loopback and not _is_loopback(host_name):
+        if self._loopback and not _SAME_ORIGIN.host_allowed(host):
             return f"host {host!r} is not a loopback name (DNS rebinding?); see allowed_origins"
         return None
 
@@ -505,26 +489,27 @@ class _ServerRun(Source[Any]):
 
     def _message(self, raw: str | bytes, position: int, client: _Client) -> Message[Any]:
         spec = self.spec
-        data, bad = _decode(raw, spec.format)
+        data, bad = decode(raw, spec.format)
+        payload: Any = data
         ident: Any = None if spec.envelope else position
         trace = client.trace  # the handshake's trace context, if it had one
         if spec.envelope and bad is None:
             if isinstance(data, dict) and "id" in data and "data" in data:
-                event: dict[str, Any] = data
+                event = cast("dict[str, Any]", data)
                 parent = event.get(TRACEPARENT)
                 if isinstance(parent, str):  # this event's own trace context
                     trace = {TRACEPARENT: parent}
                     state = event.get(TRACESTATE)
                     if isinstance(state, str):
                         trace[TRACESTATE] = state
-                ident, data = data["id"], data["data"]
+                ident, payload = event["id"], event["data"]
             else:
-                ident = data.get("id") if isinstance(data, dict) else None
+                ident = cast("dict[str, Any]", data).get("id") if isinstance(data, dict) else None
                 bad = ValueError('an event must be a JSON object {"id": ..., "data": ...}')
         meta: dict[str, Any] = {"id": ident, "peer": client.peer, "connection": client.number}
         if trace:
             meta.update(trace)
-        message = Message(data, meta, client)
+        message = Message(payload, meta, client)
         return message.fail(bad) if bad is not None else message
 
     async def shutdown(self) -> None:

@@ -30,19 +30,27 @@ Examples:
 
 from __future__ import annotations
 
-import email.utils
 import json
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, final
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, cast, final
 
 import trio
 
-from .._exceptions import TrioflowError
 from .._message import Message
-from .._retry import Backoff, Retry
+from .._retry import Retry
 from .._sources import Outlet, Source
+from ._http_send import (
+    DEFAULT_RETRY,
+    HttpError,
+    HttpStatusError,
+    HttpTimeout,
+    HttpTransportError,
+    Sender,
+    excerpt,
+    parse_retry_after,
+)
+from ._json import items_of
 from ._json import jsonable as _jsonable
 from ._lazy import require
 from ._trace_context import outgoing
@@ -65,167 +73,6 @@ __all__ = [
 
 #: What ``next_page`` returns: the next URL, query parameters for the next request, or ``None``.
 NextPage: TypeAlias = "str | httpx.URL | Mapping[str, Any] | None"
-
-_EXCERPT = 200
-
-
-class HttpError(TrioflowError):
-    """Base of the HTTP connector's errors."""
-
-
-class HttpTransportError(HttpError, ConnectionError):
-    """The request got no answer: connection refused or reset, protocol error, timeout."""
-
-
-@final
-class HttpTimeout(HttpTransportError, TimeoutError):
-    """A connect, read, write or pool timeout of the client elapsed."""
-
-
-@final
-class HttpStatusError(HttpError):
-    """The server answered with an error status.
-
-    Attributes:
-        status_code: the HTTP status.
-        body: an excerpt of the response body (at most 200 characters).
-        retry_after: the delay the server asked for (``Retry-After``), in seconds, if any.
-    """
-
-    def __init__(
-        self, message: str, status_code: int, body: str, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.body = body
-        self.retry_after = retry_after
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP date.
-
-    ``now`` is the wall-clock time (``time.time()`` when not given) an HTTP date is measured
-    from. A date in the past gives 0; an unparseable value gives ``None``.
-
-    Examples:
-        >>> parse_retry_after("120")
-        120.0
-        >>> parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0)
-        10.0
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # an HTTP date is GMT by definition
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _excerpt(response: httpx.Response) -> str:
-    try:
-        text = response.text
-    except Exception:  # an undecodable body must not hide the status
-        text = repr(response.content[:_EXCERPT])
-    text = " ".join(text.split())
-    return text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "..."
-
-
-def _status_error(response: httpx.Response) -> HttpStatusError:
-    request = response.request
-    body = _excerpt(response)
-    phrase = response.reason_phrase or require("httpx", "http").codes.get_reason_phrase(
-        response.status_code
-    )
-    message = f"HTTP {response.status_code} {phrase} from {request.method} {request.url}"
-    if body:
-        message += f": {body}"
-    return HttpStatusError(
-        message, response.status_code, body, parse_retry_after(response.headers.get("retry-after"))
-    )
-
-
-def _transport_error(exc: Exception, request: httpx.Request | None) -> HttpError:
-    httpx_ = require("httpx", "http")
-    where = f"{request.method} {request.url}" if request is not None else "request"
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx_.TimeoutException):
-        return HttpTimeout(f"{where}: {type(exc).__name__}: {text}")
-    if isinstance(exc, httpx_.UnsupportedProtocol):
-        return HttpError(f"{where}: {text}")
-    if isinstance(exc, httpx_.TransportError):
-        return HttpTransportError(f"{where}: {type(exc).__name__}: {text}")
-    return HttpError(f"{where}: {type(exc).__name__}: {text}")
-
-
-def _transient(error: HttpError) -> bool:
-    if isinstance(error, HttpStatusError):
-        return error.status_code == 429 or error.status_code >= 500
-    return isinstance(error, HttpTransportError)
-
-
-_DEFAULT_RETRY = Retry(attempts=5, backoff=Backoff.exponential(0.2, max=10.0, jitter=True))
-
-
-@final
-class _Sender:
-    """Send a request with retries; the policy shared by the source and the sink."""
-
-    def __init__(self, client: httpx.AsyncClient, retry: Retry, max_retry_after: float) -> None:
-        self.client = client
-        self.retry = retry
-        self.max_retry_after = max_retry_after
-        self.retried = 0
-
-    async def send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
-        """The response (2xx or 3xx); :class:`HttpError` when retries are spent or futile."""
-        httpx_ = require("httpx", "http")
-        attempt = 1
-        while True:
-            request = build()
-            error: HttpError
-            try:
-                response = await self.client.send(request)
-            except httpx_.HTTPError as exc:
-                error = _transport_error(exc, getattr(exc, "_request", None) or request)
-                if not _transient(error) or attempt >= self.retry.attempts:
-                    raise error from exc
-            else:
-                if response.status_code < 400:
-                    return response
-                error = _status_error(response)
-                if not _transient(error):
-                    raise error
-                if attempt >= self.retry.attempts:
-                    raise HttpStatusError(
-                        f"{error} (after {attempt} attempts)",
-                        error.status_code,
-                        error.body,
-                        error.retry_after,
-                    )
-            delay = self.retry.backoff.delay(attempt)
-            if isinstance(error, HttpStatusError) and error.retry_after is not None:
-                if error.retry_after > self.max_retry_after:
-                    raise HttpStatusError(
-                        f"{error} (Retry-After {error.retry_after:g}s exceeds "
-                        f"max_retry_after={self.max_retry_after:g})",
-                        error.status_code,
-                        error.body,
-                        error.retry_after,
-                    )
-                delay = max(delay, error.retry_after)
-            self.retried += 1
-            attempt += 1
-            await trio.sleep(delay)
 
 
 # --- pagination helpers --------------------------------------------------------------------------
@@ -281,13 +128,12 @@ def _dig(data: Any, path: str) -> Any:
     for part in path.split("."):
         if not isinstance(data, Mapping):
             return None
-        data = data.get(part)
+        data = cast("Mapping[str, Any]", data).get(part)
     return data
 
 
 def _json_records(response: httpx.Response) -> Iterable[Any]:
-    data = response.json()
-    return data if isinstance(data, list) else [data]
+    return items_of(response.json())
 
 
 # --- source --------------------------------------------------------------------------------------
@@ -312,11 +158,11 @@ class HttpSource(Source[Any]):
     are sent back as ``If-None-Match`` and ``If-Modified-Since`` the next time the same URL is
     asked for; a 304 emits nothing.
 
-    Connection errors, timeouts, 5xx and 429 are retried (``retry``; ``Retry-After`` honoured);
-    when retries are spent, or on another 4xx, the source raises :class:`HttpError` and the run
-    stops with a :class:`~trioflow.PipelineError` naming the source. A page whose records cannot
-    be extracted (malformed JSON, say) is handed over as one failed message (its data the body
-    excerpt) and ends that pass.
+    Connection errors, timeouts, 5xx and 429 are retried (``retry``: its attempts, backoff and
+    ``deadline``; ``Retry-After`` honoured); when retries are spent, or on another 4xx, the
+    source raises :class:`HttpError` and the run stops with a :class:`~trioflow.PipelineError`
+    naming the source. A page whose records cannot be extracted (malformed JSON, say) is handed
+    over as one failed message (its data the body excerpt) and ends that pass.
 
     Each message's metadata has ``url``, ``status``, ``page`` (1-based in a pass) and ``index``
     (in the page). Back-pressure: a page is asked for only when the pipeline has room; under
@@ -365,13 +211,13 @@ class HttpSource(Source[Any]):
         self.until = until
         self.max_pages = max_pages
         self.conditional = conditional
-        self.retry = retry or _DEFAULT_RETRY
+        self.retry = retry or DEFAULT_RETRY
         self.max_retry_after = max_retry_after
         self.name = name
 
     async def produce(self, out: Outlet) -> None:
         httpx_ = require("httpx", "http")
-        sender = _Sender(self.client, self.retry, self.max_retry_after)
+        sender = Sender(self.client, self.retry, self.max_retry_after)
         validators: dict[str, dict[str, str]] = {}
         first = httpx_.URL(str(self.url)) if not isinstance(self.url, httpx_.URL) else self.url
         url: httpx.URL | str = first
@@ -388,7 +234,7 @@ class HttpSource(Source[Any]):
                     headers.update(validators.get(key, {}))
                 return self.client.build_request("GET", target, headers=headers)
 
-            response = await sender.send(build)
+            response: httpx.Response = await sender.send(build)
             page += 1
             pages += 1
             records: list[Any] = []
@@ -406,7 +252,7 @@ class HttpSource(Source[Any]):
                         f"{type(exc).__name__}: {exc}"
                     )
                     meta = {"url": key, "status": response.status_code, "page": page, "index": 0}
-                    await out.send(Message(_excerpt(response), meta).fail(reason))
+                    await out.send(Message(excerpt(response), meta).fail(reason))
                 if records:
                     meta_url, status = str(response.url), response.status_code
                     await out.send_many(
@@ -435,7 +281,9 @@ class HttpSource(Source[Any]):
                 self._follow(first, nxt) if nxt is not None else (first, dict(self.params))
             )
 
-    def _follow(self, first: httpx.URL, nxt: NextPage) -> tuple[httpx.URL | str, dict[str, Any]]:
+    def _follow(
+        self, first: httpx.URL | str, nxt: NextPage
+    ) -> tuple[httpx.URL | str, dict[str, Any]]:
         if isinstance(nxt, Mapping):
             return first, {**self.params, **nxt}
         return nxt, {}  # type: ignore[return-value]
@@ -487,12 +335,13 @@ class HttpSink:
     across all the sink's calls). ``request(client, item_or_batch)`` builds the request yourself
     (use ``client.build_request``); it is built anew for each attempt.
 
-    Connection errors, timeouts, 5xx and 429 are retried (``retry``: attempts and backoff; a
-    ``Retry-After`` longer than the backoff is waited instead, and one longer than
-    ``max_retry_after`` fails at once). A 4xx other than 429 fails every message of the call with
-    :class:`HttpStatusError` (status and body excerpt); so does a retryable error that outlasts
-    the retries. A POST retried after a timeout may reach the server twice: make the endpoint
-    idempotent (an id in the body) for exactly-once effects.
+    Connection errors, timeouts, 5xx and 429 are retried (``retry``: attempts, backoff and
+    ``deadline``; a ``Retry-After`` longer than the backoff is waited instead, one longer than
+    ``max_retry_after`` fails at once, and a retry that would start past ``retry.deadline``
+    seconds after the first call is not made). A 4xx other than 429 fails every message of the
+    call with :class:`HttpStatusError` (status and body excerpt); so does a retryable error that
+    outlasts the retries. A POST retried after a timeout may reach the server twice: make the
+    endpoint idempotent (an id in the body) for exactly-once effects.
 
     Each request carries a ``traceparent`` header (unless ``headers`` or ``request`` set one):
     the current span's (a stage traced by ``OpenTelemetry``), else, for
@@ -540,7 +389,7 @@ class HttpSink:
         self.headers = dict(headers or {})
         self.encode = encode or _jsonable
         self.concurrency = concurrency or _pool_size(client) or 10
-        self._sender = _Sender(client, retry or _DEFAULT_RETRY, max_retry_after)
+        self._sender = Sender(client, retry or DEFAULT_RETRY, max_retry_after)
         self._slots = trio.Semaphore(self.concurrency)
         self.sent = 0
 
@@ -554,7 +403,7 @@ class HttpSink:
             (item,), (context,) = outgoing([item])
             await self._send_one(item, context)
             return
-        items, contexts = outgoing(item)
+        items, contexts = outgoing(items_of(item))
         if self.batch == "each":
             if not items:
                 return
@@ -574,7 +423,7 @@ class HttpSink:
                 first = errors[0]
                 if len(errors) == 1:
                     raise first
-                more = f" (and {len(errors) - 1} more of {len(item)})"
+                more = f" (and {len(errors) - 1} more of {len(items)})"
                 raise type(first)(*_args(first, more)) from first
             return
         # one request for the batch: the current span's context, else its first message's

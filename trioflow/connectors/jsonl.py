@@ -32,6 +32,7 @@ from .._message import Message
 from .._message import reason_text as _reason_text
 from .._sources import Outlet, Source
 from .._validate import describe
+from ._json import is_attrs, items_of
 
 __all__ = ["JsonlSink", "JsonlSource", "LineTooLong", "read_checkpoint"]
 
@@ -285,7 +286,7 @@ class JsonlSink:
         self.default = default or _default
 
     async def __call__(self, item: Any) -> None:
-        items = item if isinstance(item, list) else [item]
+        items = items_of(item)
         await self._write([json.dumps(x, default=self.default) for x in items])
 
     async def write_failed(self, messages: list[Message[Any]]) -> None:
@@ -324,9 +325,9 @@ def _append(path: Path, text: str) -> None:
 
 
 def _default(value: Any) -> Any:
-    import attrs
+    if is_attrs(value):
+        import attrs
 
-    if attrs.has(type(value)):
         return attrs.asdict(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")

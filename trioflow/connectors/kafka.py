@@ -47,23 +47,31 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any, ClassVar, final
 
 import trio
 
-from .._message import ACTIONS, FailureAction, Message
+from .._message import ACTIONS, FailureAction, Message, check_failure_options
 from .._message import reason_text as _reason_text
 from .._sources import Outlet, Source
+from ._kafka_producer import KafkaDeliveryError as KafkaDeliveryError
+from ._kafka_producer import (
+    KafkaSink,
+    Producer,
+    Record,
+    common_options,
+    value_bytes,
+)
 from ._lazy import require
 from ._offsets import PartitionOffsets
+from ._poison import poison
 from ._thread import DedicatedThread
-from ._trace_context import TRACEPARENT, from_headers, outgoing
+from ._trace_context import TRACEPARENT, from_headers
 
 __all__ = ["KafkaSink", "KafkaSource", "record_key"]
 
@@ -80,12 +88,6 @@ def record_key(message: Message[Any]) -> Any:
     """The record key of a Kafka message: ``partition_by=record_key`` in a ``messages=True``
     stage keeps order per key."""
     return message.metadata["key"]
-
-
-def _common_options(bootstrap: str, options: dict[str, Any]) -> dict[str, Any]:
-    config = {"bootstrap.servers": bootstrap}
-    config.update({k.replace("_", "."): v for k, v in options.items()})
-    return config
 
 
 @final
@@ -132,10 +134,7 @@ class KafkaSource(Source[bytes | None]):
             )
         if on_failure not in ACTIONS:
             raise ValueError(f"on_failure={on_failure!r} must be 'dead_letter' or 'discard'")
-        if max_deliveries is not None and (
-            not isinstance(max_deliveries, int) or max_deliveries < 1
-        ):
-            raise ValueError(f"max_deliveries={max_deliveries!r} must be a positive integer")
+        check_failure_options(on_failure, max_deliveries)
         if not commit_every > 0 or not revoke_timeout >= 0:
             raise ValueError("commit_every must be > 0 and revoke_timeout >= 0 seconds")
         self.topics = [topics] if isinstance(topics, str) else list(topics)
@@ -154,7 +153,7 @@ class KafkaSource(Source[bytes | None]):
     def consumer_config(self) -> dict[str, Any]:
         """The librdkafka configuration of the consumer."""
         config: dict[str, Any] = {"auto.offset.reset": "earliest"}
-        config.update(_common_options(self.bootstrap, self.client_options))
+        config.update(common_options(self.bootstrap, self.client_options))
         config.update({"group.id": self.group, "enable.auto.commit": False})
         # offsets are stored and committed by the source only (never by librdkafka on its own)
         config["enable.auto.offset.store"] = False
@@ -164,7 +163,7 @@ class KafkaSource(Source[bytes | None]):
         return self._open()
 
     @asynccontextmanager
-    async def _open(self) -> AsyncIterator[Source[bytes | None]]:
+    async def _open(self) -> AsyncGenerator[Source[bytes | None], None]:
         run = _KafkaRun(self)
         await run.start()
         try:
@@ -313,12 +312,15 @@ class _KafkaRun(Source[bytes | None]):
         self.paused = paused
 
     async def _hand_over(self, out: Outlet, records: list[Any]) -> None:
+        """Hand records over in bulk ((partition, offset) as ids, metadata made only when a
+        message is needed); a poison one goes already failed."""
         spec, acker = self.spec, self.acker
         limit = spec.max_deliveries
         data: list[Any] = []
         ids: list[tuple[PartitionOffsets, int]] = []
-        metas: list[dict[str, Any]] = []
-        poison: list[Message[Any]] = []
+        held: dict[tuple[PartitionOffsets, int], Any] = {}
+        handed: dict[PartitionOffsets, list[int]] = {}
+        failed: list[Message[Any]] = []
         for record in records:
             error = record.error()
             if error is not None:
@@ -330,29 +332,29 @@ class _KafkaRun(Source[bytes | None]):
             if state is None or state.revoked:
                 continue  # fetched just before its partition was revoked
             offset = record.offset()
-            state.handed([offset])
-            meta = _metadata(record)
-            ident = (state, offset)
-            if limit is not None and meta["delivery_count"] > limit:
-                poison.append(
-                    Message(record.value(), meta, acker).fail(
-                        f"poison: delivered {meta['delivery_count']} times "
-                        f"(max_deliveries={limit})",
-                        action="dead_letter",
-                    )
-                )
+            handed.setdefault(state, []).append(offset)
+            if limit is not None and (count := _delivery_count(record)) > limit:
+                meta = _metadata(record)
+                failed.append(poison(record.value(), meta, acker, count, limit))
                 continue
+            ident = (state, offset)
             data.append(record.value())
             ids.append(ident)
-            metas.append(meta)
+            held[ident] = record
+        for state, offsets in handed.items():
+            state.handed(offsets)
+
+        def metadata(ident: tuple[PartitionOffsets, int]) -> dict[str, Any]:
+            return _metadata(held.pop(ident))
+
         # one hand-over: a drain cannot separate the poison records from the rest of the pull
-        await out.send_bulk(data, acknowledger=acker, ids=ids, metadata=metas, failed=poison)
+        await out.send_bulk(data, acknowledger=acker, ids=ids, metadata=metadata, failed=failed)
 
     # -- committing -----------------------------------------------------------------------------
 
     def _positions(self, states: dict[tuple[str, int], PartitionOffsets]) -> list[Any]:
         ck = require("confluent_kafka", "kafka")
-        offsets = []
+        offsets: list[Any] = []
         for (topic, partition), state in states.items():
             position = state.commit
             if position > state.committed:
@@ -430,15 +432,23 @@ def _names(partitions: list[Any]) -> str:
     return ", ".join(f"{tp.topic}/{tp.partition}" for tp in partitions) or "nothing"
 
 
-def _metadata(record: Any) -> dict[str, Any]:
-    headers = dict(record.headers() or ())
-    count = headers.get(DELIVERY_COUNT_HEADER)
+def _delivery_count(record: Any) -> int:
+    """The ``trioflow-delivery-count`` header of a record (1 without one)."""
+    found: Any = None
+    for name, value in record.headers() or ():
+        if name == DELIVERY_COUNT_HEADER:
+            found = value  # the last one, as a dict of the headers keeps it
     try:
-        deliveries = int(count) if count is not None else 1
-    except ValueError:
-        deliveries = 1
+        return int(found) if found is not None else 1
+    except (TypeError, ValueError):
+        return 1
+
+
+def _metadata(record: Any) -> dict[str, Any]:
+    headers: dict[str, Any] = dict(record.headers() or ())
+    deliveries = _delivery_count(record)
     kind, stamp = record.timestamp()
-    meta = {
+    meta: dict[str, Any] = {
         "topic": record.topic(),
         "partition": record.partition(),
         "offset": record.offset(),
@@ -460,7 +470,7 @@ class _KafkaAcker:
         self.run = run
         self.dead_lettered = 0
         self.discarded = 0
-        self._producer: _Producer | None = None
+        self._producer: Producer | None = None
         self._warned = False
 
     def __repr__(self) -> str:
@@ -509,10 +519,10 @@ class _KafkaAcker:
     async def _dead_letter(self, messages: list[Message[Any]]) -> None:
         spec = self.run.spec
         if self._producer is None:
-            self._producer = _Producer(
-                _common_options(spec.bootstrap, spec.client_options), f"{spec.label} dead letters"
+            self._producer = Producer(
+                common_options(spec.bootstrap, spec.client_options), f"{spec.label} dead letters"
             )
-        records = []
+        records: list[Record] = []
         for m in messages:
             meta = m.metadata
             headers = dict(meta.get("headers") or {})
@@ -525,129 +535,10 @@ class _KafkaAcker:
                 }
             )
             topic = spec.dead_letter_topic or f"{meta['topic']}.dead"
-            records.append((topic, meta.get("key"), _value_bytes(m.data), list(headers.items())))
+            records.append((topic, meta.get("key"), value_bytes(m.data), list(headers.items())))
         await self._producer.send(records)
         self.dead_lettered += len(records)
 
     async def close(self) -> None:
         if self._producer is not None:
             self._producer.close()
-
-
-def _value_bytes(value: Any) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    return json.dumps(value, default=str).encode()
-
-
-#: what a producer sends: topic, key, value, headers
-Record = tuple[str, Any, bytes | None, list[tuple[str, bytes]] | None]
-
-
-class KafkaDeliveryError(Exception):
-    """The broker did not confirm a produced message."""
-
-
-@final
-class _Producer:
-    """A confluent-kafka producer on a thread of its own: ``send`` returns once the broker
-    confirmed every record of the call (or raises :class:`KafkaDeliveryError`)."""
-
-    def __init__(self, config: dict[str, Any], name: str) -> None:
-        self.config = dict(config)
-        self.config.setdefault("enable.idempotence", True)
-        self.thread = DedicatedThread(f"trioflow {name} producer")
-        self._producer: Any = None
-
-    async def send(self, records: Sequence[Record]) -> None:
-        def produce() -> list[str]:
-            ck = require("confluent_kafka", "kafka")
-            if self._producer is None:
-                self._producer = ck.Producer(self.config, logger=logger)
-            producer = self._producer
-            errors: list[str] = []
-            done = [0]
-
-            def report(err: Any, msg: Any) -> None:
-                done[0] += 1
-                if err is not None:
-                    errors.append(str(err))
-
-            for topic, key, value, headers in records:
-                while True:
-                    try:
-                        producer.produce(topic, value, key, headers=headers, on_delivery=report)
-                        break
-                    except BufferError:  # the local queue is full: serve delivery reports
-                        producer.poll(0.1)
-            while done[0] < len(records):
-                producer.poll(0.1)
-            return errors
-
-        errors = await self.thread.run(produce)
-        if errors:
-            raise KafkaDeliveryError(
-                f"{len(errors)} of {len(records)} record(s) not confirmed: {errors[0]}"
-            )
-
-    def close(self) -> None:
-        producer = self._producer
-        if producer is not None:
-            self.thread.call_soon(lambda: producer.flush(5.0))
-        self.thread.stop()
-
-
-@final
-class KafkaSink:
-    """Produce items to ``topic``; an item (or a batch) is acked once the broker confirmed it.
-
-    The producer is idempotent (``enable.idempotence``) unless ``client_options`` say otherwise.
-    Values: ``bytes`` as they are, ``str`` UTF-8 encoded, anything else as JSON. ``key`` makes
-    each record's key from the item (``None``: no key). Each record gets a ``traceparent``
-    header: the current span's (a stage traced by ``OpenTelemetry``), else, for a
-    :class:`~trioflow.Message` item (a ``messages=True`` sink, whose data is sent), its own.
-
-    Examples:
-        >>> pipeline = source | tf.batch(500, 0.5) | tf.sink(KafkaSink("enriched", key=by_user))
-    """
-
-    def __init__(
-        self,
-        topic: str,
-        *,
-        key: Callable[[Any], Any] | None = None,
-        bootstrap: str = "127.0.0.1:9092",
-        **client_options: Any,
-    ) -> None:
-        self.topic = topic
-        self.key = key
-        self.bootstrap = bootstrap
-        self._producer = _Producer(
-            _common_options(bootstrap, client_options), f"kafka sink {topic}"
-        )
-        self.produced = 0
-
-    async def __call__(self, item: Any) -> None:
-        items, contexts = outgoing(item if isinstance(item, list) else [item])
-        key = self.key
-        records = [
-            (
-                self.topic,
-                _value_bytes(key(x)) if key else None,
-                _value_bytes(x),
-                [(k, v.encode()) for k, v in context.items()] if context else None,
-            )
-            for x, context in zip(items, contexts, strict=True)
-        ]
-        if records:
-            await self._producer.send(records)
-            self.produced += len(records)
-
-    def close(self) -> None:
-        """Flush and stop the producer's thread."""
-        self._producer.close()
-
-    def __repr__(self) -> str:
-        return f"KafkaSink({self.topic!r}, bootstrap={self.bootstrap!r})"

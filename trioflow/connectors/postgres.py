@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, final
+from typing import Any, Literal, cast, final
 
 import attrs
 import trio
@@ -37,6 +37,7 @@ import trio
 from .._exceptions import TrioflowError
 from .._operators._context import note_retry
 from .._retry import Backoff, Retry
+from ._json import is_attrs, items_of
 from ._lazy import require
 
 __all__ = ["DatabaseError", "PostgresSink", "TransientDatabaseError"]
@@ -62,8 +63,8 @@ class TransientDatabaseError(DatabaseError):
 
 def _row(item: Any) -> Mapping[str, Any]:
     if isinstance(item, Mapping):
-        return item
-    if attrs.has(type(item)):
+        return cast("Mapping[str, Any]", item)
+    if is_attrs(item):
         return attrs.asdict(item, recurse=False)
     raise TypeError(
         f"PostgresSink: cannot store {type(item).__name__}; give dicts or attrs objects"
@@ -81,13 +82,16 @@ class PostgresSink:
     ``retry`` sets the attempts and the backoff between them for transient errors (default:
     exponential from 0.1 s, capped at 2 s, jittered); ``retry_deadline`` bounds the seconds one
     batch spends in them, counted from its first attempt (default 30 s; ``None``: only
-    ``retry.attempts`` bounds them). The last wait is cut short to end at the deadline, where one
-    more attempt is made; then the batch fails with :class:`TransientDatabaseError`. While a
+    ``retry.attempts`` bounds them). A ``retry`` with its own ``deadline`` wins over
+    ``retry_deadline``: ``Retry(deadline=120.0)`` is the same as ``retry_deadline=120.0``. The
+    last wait is cut short to end at the deadline, where one more attempt is made; then the
+    batch fails with :class:`TransientDatabaseError`. While a
     batch waits, its worker slot is held, so back-pressure reaches the sources (a broker keeps
     the messages; nothing is pulled meanwhile).
 
     Examples:
         >>> PostgresSink(dsn, "invoices", key="id", retry_deadline=120.0)  # ride out a failover
+        >>> PostgresSink(dsn, "invoices", key="id", retry=tf.Retry(attempts=50, deadline=120.0))
     """
 
     def __init__(
@@ -123,7 +127,10 @@ class PostgresSink:
         self.columns = tuple(columns) if columns is not None else None
         self.mode = mode
         self.retry = retry or DEFAULT_RETRY
-        self.retry_deadline = retry_deadline
+        #: the bound in force: the ``retry``'s own deadline if it has one, else ``retry_deadline``
+        self.retry_deadline = (
+            self.retry.deadline if self.retry.deadline is not None else (retry_deadline)
+        )
         self._connect = connect
         self._idle: list[Any] = []
         self._limit = trio.Semaphore(pool_size)
@@ -132,7 +139,7 @@ class PostgresSink:
         self.retried = 0
 
     async def __call__(self, item: Any) -> None:
-        rows = [_row(x) for x in (item if isinstance(item, list) else [item])]
+        rows = [_row(x) for x in items_of(item)]
         if not rows:
             return
         psycopg = require("psycopg", "postgres")

@@ -62,26 +62,30 @@ Examples:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any, ClassVar, Literal, cast, final
 
 import trio
 
-from .._message import ACTIONS, FailureAction, Message
+from .._message import ACTIONS, FailureAction, Message, check_failure_options
 from .._sources import Outlet, Source
-from ._lazy import require
+from ._poison import poison
+from ._rabbit_acker import Link, QueueAcker
 from ._rabbit_client import (
     CONNECT_TIMEOUT,
     PROPERTIES,
+    ConnectionFactory,
     ConnectionLost,
-    _connection,
-    _describe,
-    _is_lost,
     connect,
+    declare,
+    describe,
+    is_lost,
     open_channel,
     publish,
+    serena_connection,
+    set_prefetch,
 )
 from ._reconnect import Reconnect, keep_connected
 from ._trace_context import TRACEPARENT, from_headers
@@ -117,185 +121,6 @@ _LOST_WAIT = 2.0
 
 
 @final
-class _Link:
-    """One connection and its channel. Delivery tags belong to a channel: once it is gone, the
-    broker has requeued what it had not acked, and its tags mean nothing on the next one."""
-
-    def __init__(self, generation: int) -> None:
-        #: 1 for the run's first channel, one more after each reconnect
-        self.generation = generation
-        self.conn: Any = None
-        self.channel: Any = None
-        #: delivery tags handed to the pipeline and not yet settled with the broker
-        self.outstanding: set[int] = set()
-        #: set when the connection is gone (or closed at the end of the run)
-        self.lost = trio.Event()
-        #: what closed it, if the broker or the network did
-        self.error: BaseException | None = None
-
-    @property
-    def alive(self) -> bool:
-        """Whether acks sent on this channel still mean something to the broker."""
-        return bool(
-            not self.lost.is_set()
-            and self.conn is not None
-            and self.conn.open
-            and self.channel.open
-        )
-
-
-@final
-class _QueueAcker:
-    """Acknowledger of one run: acks in groups, rejects or (later) requeues failed messages.
-
-    Each delivery is known by its channel's generation and its tag; what belongs to a channel
-    that is gone is dropped, not sent (the broker delivers those messages again).
-    """
-
-    def __init__(self, run: _RabbitRun) -> None:
-        self.run = run
-        self.acked = 0
-        self.rejected = 0
-        self.requeued = 0
-        self.discarded = 0
-        #: settlements dropped because their channel was gone: delivered again
-        self.stale = 0
-        self._warned = False
-
-    def __repr__(self) -> str:
-        return f"<rabbitmq acker {self.run.spec.queue!r}>"
-
-    @property
-    def outstanding(self) -> set[int]:
-        """Tags of the current channel handed over and not yet settled."""
-        return self.run.link.outstanding
-
-    def action_of(self, m: Message[Any]) -> FailureAction:
-        """What to do with failed message ``m``: its own action if this queue can take it, else
-        the source's default (``requeue_once``: redeliver, unless already redelivered)."""
-        spec = self.run.spec
-        action = m.action
-        if action == "dead_letter" and not spec.can_dead_letter:
-            if not self._warned:
-                self._warned = True
-                logger.warning(
-                    "%r: a message failed with action='dead_letter', which this source cannot "
-                    "honour (dead_letter=False: its queue has no dead-letter exchange); it gets "
-                    "on_failure=%r instead (logged once)",
-                    spec,
-                    spec.on_failure_mode,
-                )
-            action = None
-        if action is not None:
-            return action
-        if spec.requeue_once and m.metadata.get("redelivered"):
-            return "dead_letter"
-        return spec.on_failure
-
-    def _live(self, generation: int, count: int) -> _Link | None:
-        """The channel of ``generation`` if acks can still go to it; else count ``count``
-        settlements as dropped (their messages come again) and give None."""
-        link = self.run.link
-        if link.generation == generation and link.alive:
-            return link
-        self.stale += count
-        return None
-
-    async def ack_ids(self, ids: list[tuple[int, int]]) -> None:
-        """Ack successful deliveries handed over in bulk, by (channel generation, tag)."""
-        by_generation: dict[int, list[int]] = {}
-        for generation, tag in ids:
-            by_generation.setdefault(generation, []).append(tag)
-        for generation, tags in by_generation.items():
-            link = self._live(generation, len(tags))
-            if link is not None:
-                await self._settle(link, self._ack_tags(link, tags), len(tags))
-
-    async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
-        groups: dict[int, tuple[list[int], list[Message[Any]]]] = {}
-        for m in successful:
-            groups.setdefault(_generation(m), ([], []))[0].append(m.metadata["delivery_tag"])
-        for m in failed:
-            groups.setdefault(_generation(m), ([], []))[1].append(m)
-        for generation, (tags, fails) in groups.items():
-            link = self._live(generation, len(tags) + len(fails))
-            if link is not None:
-                await self._settle(link, self._ack_group(link, tags, fails), len(tags) + len(fails))
-
-    async def _settle(self, link: _Link, sending: Any, count: int) -> None:
-        """Await ``sending`` (frames to ``link``'s channel); if the connection breaks meanwhile,
-        those messages are the broker's again: count them, never fail the run for it."""
-        try:
-            await sending
-        except Exception as exc:
-            if link.alive and not _is_lost(exc):
-                raise
-            self.stale += count
-            logger.info(
-                "trioflow: %r: %d settlement(s) not sent, channel %d is gone (%s); the broker "
-                "delivers those messages again",
-                self.run.spec,
-                count,
-                link.generation,
-                _describe(exc),
-            )
-
-    async def _ack_group(self, link: _Link, tags: list[int], failed: list[Message[Any]]) -> None:
-        channel = link.channel
-        later: list[int] = []
-        for m in failed:
-            tag = m.metadata["delivery_tag"]
-            action = self.action_of(m)
-            if action == "redeliver":
-                later.append(tag)  # stays outstanding until requeued: multiple acks skip it
-            elif action == "discard":
-                tags.append(tag)
-                self.discarded += 1
-            else:
-                link.outstanding.discard(tag)
-                await channel.basic_reject(tag, requeue=False)
-                self.rejected += 1
-        if later:
-            self.run.requeue_later(link, later)
-        await self._ack_tags(link, tags)
-
-    async def _ack_tags(self, link: _Link, tags: list[int]) -> None:
-        channel = link.channel
-        if tags:
-            tags.sort()
-            outstanding = link.outstanding
-            outstanding.difference_update(tags)
-            oldest = min(outstanding) if outstanding else None
-            if oldest is None or tags[-1] < oldest:
-                await channel.basic_ack(tags[-1], multiple=True)
-            else:
-                # one multiple ack covers the tags older than every outstanding one
-                below = [t for t in tags if t < oldest]
-                if below:
-                    await channel.basic_ack(below[-1], multiple=True)
-                for t in tags[len(below) :]:
-                    await channel.basic_ack(t)
-            self.acked += len(tags)
-
-    async def requeue(self, link: _Link, tags: list[int]) -> None:
-        tags = [tag for tag in tags if tag in link.outstanding]
-        if not tags or self._live(link.generation, len(tags)) is None:
-            return
-        await self._settle(link, self._requeue(link, tags), len(tags))
-
-    async def _requeue(self, link: _Link, tags: list[int]) -> None:
-        for tag in tags:
-            link.outstanding.discard(tag)
-            await link.channel.basic_reject(tag, requeue=True)
-            self.requeued += 1
-
-
-def _generation(m: Message[Any]) -> int:
-    generation: int = m.metadata.get("channel_generation", 1)
-    return generation
-
-
-@final
 class RabbitQueueSource(Source[bytes]):
     """Messages of a RabbitMQ queue (see the module docs for the semantics).
 
@@ -327,6 +152,12 @@ class RabbitQueueSource(Source[bytes]):
             which the run fails with ``PipelineError`` (default ``Reconnect()``: 0.1 s doubling
             up to 5 s, jittered, for 60 s). ``None``: the first lost connection fails the run.
         name: the stage label.
+        connection: opens the source's connections, ``connection(source, **options)`` giving
+            an async context manager of a connection (serena's ``AMQPConnection`` shape: an
+            ``open`` flag and ``open_channel()``); a lost connection raises out of its
+            ``async with``. ``None``: serena's, to ``host``:``port``. Tests pass
+            :class:`~trioflow.testing.SimulatedRabbit` to run the source's own logic
+            (requeues, dead letters, reconnects) through a simulated broker's faults.
 
     Examples:
         >>> source = RabbitQueueSource("payments", port=5672, on_failure="redeliver")
@@ -359,6 +190,7 @@ class RabbitQueueSource(Source[bytes]):
         heartbeat: int = 60,
         reconnect: Reconnect | None = DEFAULT_RECONNECT,
         name: str | None = None,
+        connection: ConnectionFactory | None = None,
     ) -> None:
         if not isinstance(queue, str) or not queue:
             raise ValueError(f"queue={queue!r} must be a non-empty string")
@@ -373,12 +205,6 @@ class RabbitQueueSource(Source[bytes]):
             )
         if not isinstance(requeue_delay, (int, float)) or not requeue_delay >= 0:
             raise ValueError(f"requeue_delay={requeue_delay!r} must be a non-negative number")
-        if max_deliveries is not None and (
-            not isinstance(max_deliveries, int) or max_deliveries < 1
-        ):
-            raise ValueError(
-                f"max_deliveries={max_deliveries!r} must be a positive integer or None"
-            )
         if reconnect is not None and not isinstance(reconnect, Reconnect):
             raise TypeError(
                 f"reconnect={reconnect!r} must be a trioflow.connectors.Reconnect or None"
@@ -390,6 +216,7 @@ class RabbitQueueSource(Source[bytes]):
         #: it does not declare is taken to have one: AMQP cannot tell)
         self.can_dead_letter = dead_letter is not False or bool(args.get("x-dead-letter-exchange"))
         action = _ALIASES[on_failure] if on_failure in _ALIASES else cast(FailureAction, on_failure)
+        check_failure_options(action, max_deliveries)
         self.requeue_once = on_failure == "requeue_once"
         if not self.can_dead_letter and (action == "dead_letter" or self.requeue_once):
             raise ValueError(
@@ -429,13 +256,15 @@ class RabbitQueueSource(Source[bytes]):
         self.heartbeat = heartbeat
         self.reconnect = reconnect
         self.name = name
+        #: opens the connection (``serena_connection``, serena's, unless a test passes another)
+        self.connection: ConnectionFactory = connection or serena_connection
 
     def open(self) -> AbstractAsyncContextManager[Source[bytes]]:
         """Connect, open a channel and declare the queues; closed after the last ack."""
         return self._open()
 
     @asynccontextmanager
-    async def _open(self) -> AsyncIterator[Source[bytes]]:
+    async def _open(self) -> AsyncGenerator[Source[bytes], None]:
         async with trio.open_nursery() as nursery:
             run = _RabbitRun(self, nursery)
             # the first connection is not retried: a wrong address or password fails at once
@@ -443,17 +272,6 @@ class RabbitQueueSource(Source[bytes]):
             yield run
             # un-acked messages (a requeue still waiting) go back when the channel closes
             nursery.cancel_scope.cancel()
-
-    async def _declare(self, channel: Any) -> None:
-        serena = require("serena", "rabbitmq")
-        dead = self.dead_letter
-        arguments = dict(self.arguments)
-        if dead is not None:
-            await channel.exchange_declare(dead, serena.ExchangeType.FANOUT, durable=True)
-            await channel.queue_declare(dead, durable=True)
-            await channel.queue_bind(dead, dead, "")
-            arguments = {"x-dead-letter-exchange": dead, **arguments}
-        await channel.queue_declare(self.queue, durable=True, arguments=arguments)
 
     async def produce(self, out: Outlet) -> None:  # pragma: no cover - open() yields the runner
         raise RuntimeError("RabbitQueueSource runs through open()")
@@ -474,9 +292,9 @@ class _RabbitRun(Source[bytes]):
     def __init__(self, spec: RabbitQueueSource, nursery: trio.Nursery) -> None:
         self.spec = spec
         self.nursery = nursery
-        self.acker = _QueueAcker(self)
+        self.acker = QueueAcker(self)
         self.prefetch = 0
-        self.link = _Link(0)  # none yet: connect() makes generation 1
+        self.link = Link(0)  # none yet: connect() makes generation 1
         self.link.lost.set()
         self.reconnects = 0
 
@@ -512,18 +330,18 @@ class _RabbitRun(Source[bytes]):
             "redelivered_after_reconnect": acker.stale,
         }
 
-    async def connect(self) -> _Link:
+    async def connect(self) -> Link:
         """Open a connection and a channel (the next generation), declaring the queues."""
         try:
-            link: _Link = await self.nursery.start(self._hold, self.link.generation + 1)
+            link: Link = await self.nursery.start(self._hold, self.link.generation + 1)
         except Exception as exc:
-            if _is_lost(exc):
-                raise ConnectionLost(f"cannot connect: {_describe(exc)}") from exc
+            if is_lost(exc):
+                raise ConnectionLost(f"cannot connect: {describe(exc)}") from exc
             raise
         self.link = link
         return link
 
-    async def _hold(self, generation: int, task_status: trio.TaskStatus[_Link]) -> None:
+    async def _hold(self, generation: int, task_status: trio.TaskStatus[Link]) -> None:
         """Keep one connection open until the run ends or the connection is lost.
 
         serena runs a connection in a task group whose body it cancels when the broker closes
@@ -534,12 +352,12 @@ class _RabbitRun(Source[bytes]):
         # serena parks its reader when a channel's frame buffer is full, and then no reply (a
         # Basic.Cancel-Ok at drain, say) gets through: the buffer must hold a full prefetch
         cap = spec.prefetch or MAX_PREFETCH
-        link = _Link(generation)
+        link = Link(generation)
         started = False
         try:
             async with AsyncExitStack() as stack:
                 link.conn = await stack.enter_async_context(
-                    _connection(
+                    spec.connection(
                         spec,
                         heartbeat_interval=spec.heartbeat,
                         channel_buffer_size=_FRAMES * cap + 64,
@@ -548,7 +366,7 @@ class _RabbitRun(Source[bytes]):
                 with trio.fail_after(CONNECT_TIMEOUT):
                     link.channel = await stack.enter_async_context(open_channel(link.conn))
                     if spec.declare:
-                        await spec._declare(link.channel)
+                        await declare(link.channel, spec)
                 started = True
                 task_status.started(link)
                 await trio.sleep_forever()
@@ -559,7 +377,7 @@ class _RabbitRun(Source[bytes]):
         finally:
             link.lost.set()
 
-    def requeue_later(self, link: _Link, tags: list[int]) -> None:
+    def requeue_later(self, link: Link, tags: list[int]) -> None:
         """Requeue ``tags`` after ``requeue_delay`` (they hold their prefetch slots meanwhile)."""
 
         async def later() -> None:
@@ -576,9 +394,6 @@ class _RabbitRun(Source[bytes]):
 
     async def _session(self, out: Outlet, connected: Callable[[], None]) -> None:
         """Consume on the current channel (a new one if it is gone) until it is lost."""
-        require("serena", "rabbitmq")
-        from serena.payloads.method import BasicQOSOkPayload, BasicQOSPayload
-
         link = self.link
         if not link.alive:
             old = link
@@ -594,10 +409,7 @@ class _RabbitRun(Source[bytes]):
                 )
         channel = link.channel
         try:
-            # per consumer (global_=False): quorum queues refuse a channel-wide limit, and this
-            # channel has only this one consumer, so the two are the same here
-            qos = BasicQOSPayload(prefetch_size=0, prefetch_count=self.prefetch, global_=False)
-            await channel._send_and_receive_frame(qos, BasicQOSOkPayload)
+            await set_prefetch(channel, self.prefetch)
             async with channel.basic_consume(self.spec.queue, auto_ack=False) as deliveries:
                 connected()
                 it = aiter(deliveries)
@@ -617,48 +429,47 @@ class _RabbitRun(Source[bytes]):
                 await link.lost.wait()
             if link.alive:
                 raise
-            raise ConnectionLost(_describe(link.error or exc)) from exc
+            raise ConnectionLost(describe(link.error or exc)) from exc
         await link.lost.wait()
-        raise ConnectionLost(_describe(link.error))
+        raise ConnectionLost(describe(link.error))
 
-    async def _hand_over(self, out: Outlet, link: _Link, deliveries: list[Any]) -> None:
-        """Hand deliveries over in bulk ((generation, tag) as ids); a poison one goes alone,
-        already failed."""
+    async def _hand_over(self, out: Outlet, link: Link, deliveries: list[Any]) -> None:
+        """Hand deliveries over in bulk ((generation, tag) as ids, metadata made only when a
+        message is needed); a poison one goes already failed."""
         outstanding = link.outstanding
         generation = link.generation
         data: list[bytes] = []
         ids: list[tuple[int, int]] = []
-        metas: list[dict[str, Any]] = []
-        poison: list[Message[Any]] = []
+        held: dict[tuple[int, int], Any] = {}
+        failed: list[Message[Any]] = []
         limit = self.spec.max_deliveries
         for delivery in deliveries:
-            meta = self._metadata(delivery)
-            meta["channel_generation"] = generation
-            tag = meta["delivery_tag"]
+            tag: int = delivery.envelope.delivery_tag
             outstanding.add(tag)
-            count = meta["delivery_count"]
-            if limit is not None and count > limit:
-                # handed over already failed: straight to failure handling, never to a stage
-                poison.append(
-                    Message(delivery.body, meta, self.acker).fail(
-                        f"poison: delivered {count} times (max_deliveries={limit})",
-                        action="dead_letter" if self.spec.can_dead_letter else "discard",
-                    )
-                )
+            if limit is not None and (count := _delivery_count(delivery)) > limit:
+                action: FailureAction = "dead_letter" if self.spec.can_dead_letter else "discard"
+                meta = self._metadata(delivery, generation)
+                failed.append(poison(delivery.body, meta, self.acker, count, limit, action=action))
                 continue
+            ident = (generation, tag)
             data.append(delivery.body)
-            ids.append((generation, tag))
-            metas.append(meta)
-        # one hand-over: a drain cannot separate the poison messages from the rest of the pull
-        await out.send_bulk(data, acknowledger=self.acker, ids=ids, metadata=metas, failed=poison)
+            ids.append(ident)
+            held[ident] = delivery
 
-    def _metadata(self, delivery: Any) -> dict[str, Any]:
+        def metadata(ident: tuple[int, int]) -> dict[str, Any]:
+            return self._metadata(held.pop(ident), generation)
+
+        # one hand-over: a drain cannot separate the poison messages from the rest of the pull
+        await out.send_bulk(
+            data, acknowledger=self.acker, ids=ids, metadata=metadata, failed=failed
+        )
+
+    def _metadata(self, delivery: Any, generation: int) -> dict[str, Any]:
         envelope, header = delivery.envelope, delivery.header
         headers = dict(header.headers or {})
-        count = headers.get("x-delivery-count")
-        # quorum queues count deliveries; classic ones only flag a redelivery (a lower bound)
-        deliveries = count + 1 if isinstance(count, int) else (2 if envelope.redelivered else 1)
+        deliveries = _delivery_count(delivery)
         meta: dict[str, Any] = {
+            "channel_generation": generation,
             "delivery_tag": envelope.delivery_tag,
             "redelivered": envelope.redelivered,
             "delivery_count": deliveries,
@@ -678,3 +489,13 @@ class _RabbitRun(Source[bytes]):
 
     def __repr__(self) -> str:
         return repr(self.spec)
+
+
+def _delivery_count(delivery: Any) -> int:
+    """Quorum queues count deliveries (``x-delivery-count``: the ones before this); classic
+    ones only flag a redelivery (so 2 is a lower bound there)."""
+    headers = delivery.header.headers
+    count = headers.get("x-delivery-count") if headers else None
+    if isinstance(count, int):
+        return count + 1
+    return 2 if delivery.envelope.redelivered else 1

@@ -53,24 +53,27 @@ import logging
 import math
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, ClassVar, final
 
 import trio
 
 from .._message import FailureAction, Message, check_failure_options
-from .._message import reason_text as _reason_text
 from .._sources import Outlet, Source
 from ._lazy import require
+from ._poison import poison as make_poison
 from ._reconnect import (
     CONNECTION_ERRORS,
+    Outage,
     Reconnect,
     SourceUnavailable,
     is_transient,
     keep_connected,
 )
-from ._trace_context import TRACEPARENT, from_headers, outgoing
+from ._redis_acker import StreamAcker
+from ._redis_sink import RedisStreamSink
+from ._trace_context import TRACEPARENT, from_headers
 
 __all__ = ["RedisStreamSink", "RedisStreamSource", "connect"]
 
@@ -84,83 +87,6 @@ def connect(host: str = "127.0.0.1", port: int = 6379, **options: Any) -> Any:
     coredis = require("coredis", "redis")
     options.setdefault("decode_responses", True)
     return coredis.Redis(host=host, port=port, **options)
-
-
-@final
-class _StreamAcker:
-    """Acknowledger: dead-letter the failed entries that are to be, then XACK everything but the
-    entries to redeliver (they stay pending), in one round trip.
-
-    During an outage an ack waits for the connection (retried on the client's new connection
-    with the source's reconnect backoff, for at most ``give_up_after``): XACK by id works on any
-    connection. Given up, it raises, and its entries stay pending (delivered again later).
-    """
-
-    def __init__(self, run: _RedisRun) -> None:
-        spec = run.spec
-        self.run = run
-        self.stream = spec.stream
-        self.group = spec.group
-        self.dead_letter = spec.dead_letter
-        self.on_failure = spec.on_failure
-        self.acked = 0
-        self.dead_lettered = 0
-        self.discarded = 0
-        self.redelivered = 0
-
-    def __repr__(self) -> str:
-        return f"<redis acker {self.stream!r}/{self.group!r}>"
-
-    async def ack_ids(self, ids: list[Any]) -> None:
-        """XACK successful entries handed over in bulk, by id."""
-        try:
-            await self._settle(ids, [])
-        finally:
-            self.run.settled(ids)
-
-    async def ack(self, successful: list[Message[Any]], failed: list[Message[Any]]) -> None:
-        ids = [m.metadata["id"] for m in successful]
-        dead: list[Message[Any]] = []
-        default = self.on_failure
-        kept: list[Any] = []
-        for m in failed:
-            action = m.action or default
-            if action == "redeliver":
-                kept.append(m.metadata["id"])  # left pending: claimed again after claim_idle
-                continue
-            if action == "dead_letter":
-                dead.append(m)
-            else:
-                self.discarded += 1
-            ids.append(m.metadata["id"])
-        try:
-            await self._settle(ids, dead)
-            self.redelivered += len(kept)
-        finally:
-            self.run.settled(ids + kept)
-
-    async def _settle(self, ids: list[Any], dead: list[Message[Any]]) -> None:
-        if not ids:
-            return
-
-        async def send() -> None:
-            pipe = self.run.client.pipeline(transaction=False)
-            async with pipe:
-                for m in dead:
-                    pipe.xadd(self.dead_letter, self.dead_fields(m))
-                pipe.xack(self.stream, self.group, ids)
-
-        await self.run.retrying(send, f"ack of {len(ids)} entries")
-        self.acked += len(ids)
-        self.dead_lettered += len(dead)
-
-    def dead_fields(self, m: Message[Any]) -> dict[str, str]:
-        data = m.data if isinstance(m.data, Mapping) else {"data": repr(m.data)}
-        fields = {str(k): str(v) for k, v in data.items()}
-        fields["trioflow_reason"] = _reason_text(m.reason)
-        fields["trioflow_id"] = str(m.metadata["id"])
-        fields["trioflow_stream"] = self.stream
-        return fields
 
 
 @final
@@ -241,7 +167,7 @@ class RedisStreamSource(Source[dict[str, str]]):
         return self._open()
 
     @asynccontextmanager
-    async def _open(self) -> AsyncIterator[Source[dict[str, str]]]:
+    async def _open(self) -> AsyncGenerator[Source[dict[str, str]], None]:
         async with AsyncExitStack() as stack:
             client = self.client
             if client is None:
@@ -293,7 +219,7 @@ class _RedisRun(Source[dict[str, str]]):
     def __init__(self, spec: RedisStreamSource, client: Any) -> None:
         self.spec = spec
         self.client = client
-        self.acker = _StreamAcker(self)
+        self.acker = StreamAcker(self)
         self._figures: dict[str, float] = {}
         self._figures_at = -math.inf
         self._transient = _transient_errors()
@@ -352,27 +278,25 @@ class _RedisRun(Source[dict[str, str]]):
         """Run ``op``; through an outage, again with the reconnect backoff until it works or
         ``give_up_after`` has passed (then raise: the entries stay pending)."""
         policy = self.spec.reconnect
-        attempt = 0
-        since = trio.current_time()
+        outage = None if policy is None else Outage(policy)
         while True:
             try:
                 await op()
             except Exception as exc:
-                if policy is None or not is_transient(exc, self._transient):
+                if outage is None or not is_transient(exc, self._transient):
                     raise
-                attempt += 1
-                elapsed = trio.current_time() - since
-                limit = policy.give_up_after
-                if limit is not None and elapsed >= limit:
+                delay = outage.next_delay()
+                if delay is None:
                     logger.error(
                         "trioflow: source %r gave up the %s after %.1f s without Redis; "
                         "they stay pending and are delivered again",
                         self.label,
                         what,
-                        elapsed,
+                        outage.elapsed,
                     )
                     raise SourceUnavailable(
-                        f"{self.label}: {what} not sent within give_up_after={limit} s "
+                        f"{self.label}: {what} not sent within "
+                        f"give_up_after={outage.policy.give_up_after} s "
                         f"(last error: {type(exc).__name__}: {exc})"
                     ) from exc
                 if not self._acks_waiting:
@@ -384,18 +308,15 @@ class _RedisRun(Source[dict[str, str]]):
                         type(exc).__name__,
                         exc,
                     )
-                delay = policy.backoff.delay(attempt)
-                if limit is not None:
-                    delay = min(delay, limit - elapsed)
                 await trio.sleep(delay)
             else:
-                if attempt:
+                if outage is not None and outage.attempt:
                     self._acks_waiting = False
                     logger.warning(
                         "trioflow: source %r: the %s was sent after %d tries",
                         self.label,
                         what,
-                        attempt + 1,
+                        outage.attempt + 1,
                     )
                 return
 
@@ -588,12 +509,7 @@ class _RedisRun(Source[dict[str, str]]):
                 from_headers(fields, meta)
             if limit is not None and deliveries > limit:
                 # handed over already failed: straight to failure handling, never to a stage
-                poison.append(
-                    Message(fields, meta, acker).fail(
-                        f"poison: delivered {deliveries} times (max_deliveries={limit})",
-                        action="dead_letter",
-                    )
-                )
+                poison.append(make_poison(fields, meta, acker, deliveries, limit))
                 continue
             data.append(fields)
             ids.append(entry.identifier)
@@ -604,61 +520,6 @@ class _RedisRun(Source[dict[str, str]]):
 
     def __repr__(self) -> str:
         return repr(self.spec)
-
-
-@final
-class RedisStreamSink:
-    """Add items (or batches) to a Redis stream with ``XADD``, one pipelined round trip a call.
-
-    ``client`` is an entered coredis client (see :func:`connect`). Items are mappings of fields
-    (or anything ``fields(item)`` turns into one). ``maxlen`` trims the stream approximately.
-    Each entry gets a ``traceparent`` field: the current span's (a stage traced by
-    ``OpenTelemetry``), else, for a :class:`~trioflow.Message` item (a ``messages=True`` sink,
-    whose data is written), its own.
-
-    Examples:
-        >>> async with connect(port=6379) as client:
-        ...     out = RedisStreamSink(client, "enriched")
-        ...     await (source | process(enrich) | batch(200, 0.5) | sink(out)).run()
-    """
-
-    def __init__(
-        self,
-        client: Any,
-        stream: str,
-        *,
-        fields: Callable[[Any], Mapping[str, Any]] | None = None,
-        maxlen: int | None = None,
-    ) -> None:
-        self.client = client
-        self.stream = stream
-        self.fields = fields or _fields
-        self.maxlen = maxlen
-        self.written = 0
-
-    async def __call__(self, item: Any) -> None:
-        items = item if isinstance(item, list) else [item]
-        coredis = require("coredis", "redis")
-        trim: dict[str, Any] = {}
-        if self.maxlen is not None:
-            trim = {
-                "trim_strategy": coredis.PureToken.MAXLEN,
-                "threshold": self.maxlen,
-                "trim_operator": coredis.PureToken.APPROXIMATELY,
-            }
-        data, contexts = outgoing(items)
-        pipe = self.client.pipeline(transaction=False)
-        async with pipe:
-            for x, context in zip(data, contexts, strict=True):
-                entry = {k: str(v) for k, v in self.fields(x).items()}
-                if context:
-                    entry.update(context)
-                pipe.xadd(self.stream, entry, **trim)
-        self.written += len(items)
-
-    @property
-    def __name__(self) -> str:  # for reprs: sink(RedisStreamSink(...))
-        return f"RedisStreamSink({self.stream})"
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -683,13 +544,3 @@ def _response_error() -> type[Exception]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _fields(item: Any) -> Mapping[str, Any]:
-    if isinstance(item, Mapping):
-        return item
-    import attrs
-
-    if attrs.has(type(item)):
-        return attrs.asdict(item)
-    return {"data": item}

@@ -16,10 +16,12 @@ import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, final
+from typing import Any, Literal, cast, final
 
 import attrs
 import trio
+
+from ._json import is_attrs, items_of
 
 __all__ = ["SqliteSink"]
 
@@ -28,8 +30,8 @@ Mode = Literal["insert", "ignore", "upsert"]
 
 def _row(item: Any) -> Mapping[str, Any]:
     if isinstance(item, Mapping):
-        return item
-    if attrs.has(type(item)):
+        return cast("Mapping[str, Any]", item)
+    if is_attrs(item):
         return attrs.asdict(item, recurse=False)
     raise TypeError(f"SqliteSink: cannot store {type(item).__name__}; give dicts or attrs objects")
 
@@ -74,7 +76,7 @@ class SqliteSink:
         self.rows_written = 0
 
     async def __call__(self, item: Any) -> None:
-        rows = [_row(x) for x in (item if isinstance(item, list) else [item])]
+        rows = [_row(x) for x in items_of(item)]
         if rows:
             await trio.to_thread.run_sync(self._write, rows)
 

@@ -45,18 +45,19 @@ import trio
 from .._message import Message
 from .._retry import Backoff
 from .._sources import Outlet, Source
+from ._json import items_of
 from ._json import jsonable as _jsonable
 from ._lazy import require
 from ._ws_common import (
-    _MIB,
+    MIB,
     Format,
     WebSocketClosed,
     WebSocketConnectError,
     WebSocketError,
-    _closed,
-    _connect_error,
-    _decode,
-    _release,
+    closed_error,
+    connect_error,
+    decode,
+    release,
 )
 from ._ws_server import WebSocketServerSource
 
@@ -118,7 +119,7 @@ class WebSocketSource(Source[Any]):
         heartbeat: float | None = 20.0,
         on_connect: Callable[[WebSocketConnection], Awaitable[Any]] | None = None,
         connect_timeout: float = 10.0,
-        max_message_size: int = _MIB,
+        max_message_size: int = MIB,
         extra_headers: Iterable[tuple[bytes, bytes]] = (),
         subprotocols: Iterable[str] = (),
         name: str | None = None,
@@ -171,10 +172,10 @@ class WebSocketSource(Source[Any]):
                     try:
                         closed = await self._read(ws, out, connection)
                     finally:
-                        await _release(ws)
+                        await release(ws)
             except (tw.HandshakeError, OSError) as exc:
                 if not connected:  # once connected, an error while closing changes nothing
-                    error, cause = _connect_error(exc, self.url), exc
+                    error, cause = connect_error(exc, self.url), exc
             if connected:
                 if closed is None:
                     return
@@ -218,12 +219,12 @@ class WebSocketSource(Source[Any]):
                     await out.demand()
                     raw = await ws.get_message()
                     index += 1
-                    data, bad = _decode(raw, self.format)
+                    data, bad = decode(raw, self.format)
                     message = Message(data, {"connection": connection, "index": index})
                     await out.send(message.fail(bad) if bad is not None else message)
             except tw.ConnectionClosed as exc:
                 nursery.cancel_scope.cancel()
-                error = _closed(exc, self.url)
+                error = closed_error(exc, self.url)
                 if stale:
                     error = WebSocketClosed(
                         f"{self.url}: no pong within {self.heartbeat:g}s (half-open connection)",
@@ -280,7 +281,7 @@ class WebSocketSink:
         attempts: int = 3,
         reconnect: Backoff | None = None,
         connect_timeout: float = 10.0,
-        max_message_size: int = _MIB,
+        max_message_size: int = MIB,
         extra_headers: Iterable[tuple[bytes, bytes]] = (),
         subprotocols: Iterable[str] = (),
     ) -> None:
@@ -372,11 +373,11 @@ class WebSocketSink:
                             await self._want.wait()  # a caller found it closed, or aclose()
                         finally:
                             self._ws = None
-                            await _release(ws)
+                            await release(ws)
                 except (tw.HandshakeError, OSError) as exc:
                     if connected:
                         continue  # an error while closing changes nothing
-                    error = _connect_error(exc, self.url)
+                    error = connect_error(exc, self.url)
                     if not started:
                         raise error from exc
                     self._error = error
@@ -401,7 +402,7 @@ class WebSocketSink:
 
     def _frames(self, item: Any) -> list[str | bytes]:
         if isinstance(item, list) and self.batch == "each":
-            return [self._frame(x) for x in item]
+            return [self._frame(x) for x in items_of(item)]
         return [self._frame(item)]
 
     def _frame(self, item: Any) -> str | bytes:
@@ -428,7 +429,7 @@ class WebSocketSink:
                         self.sent += 1
                     return
                 except tw.ConnectionClosed as exc:
-                    error, cause = _closed(exc, self.url), exc
+                    error, cause = closed_error(exc, self.url), exc
                 except WebSocketConnectError as exc:
                     error, cause = exc, exc.__cause__ or exc
                 except trio.Cancelled:

@@ -51,6 +51,7 @@ from ._sim_faults import RestartBroker as RestartBroker
 from ._sim_faults import SlowPartition as SlowPartition
 from ._sim_model import ConsumerCrashed as ConsumerCrashed
 from ._sim_model import Published as Published
+from ._sim_rabbit import SimulatedRabbit as SimulatedRabbit
 from ._sim_redis import SimulatedRedis as SimulatedRedis
 from ._sim_source import SimulatedSource as SimulatedSource
 from ._simulated import SimulatedBroker as SimulatedBroker
@@ -85,10 +86,6 @@ __all__ = [
     "AckedTwice",
     "BrokenInvariant",
     "BrokerFault",
-    "check_pipeline",
-    "check_pipeline_async",
-    "check_service",
-    "check_service_async",
     "CheckResult",
     "ConsumerCrashed",
     "CrashConsumer",
@@ -104,7 +101,6 @@ __all__ = [
     "PlannedFailure",
     "Published",
     "PushSource",
-    "record",
     "RecordedSource",
     "RecordingAcknowledger",
     "RestartBroker",
@@ -112,15 +108,27 @@ __all__ = [
     "ServiceResult",
     "ServiceViolation",
     "SimulatedBroker",
+    "SimulatedRabbit",
     "SimulatedRedis",
     "SimulatedSource",
     "SlowPartition",
-    "test_batch",
-    "test_message",
     "TestSource",
     "Token",
+    "check_pipeline",
+    "check_pipeline_async",
+    "check_service",
+    "check_service_async",
+    "failures",
+    "fault_schedules",
+    "faults",
+    "pipelines",
+    "record",
+    "retries",
+    "stages",
+    "test_batch",
+    "test_message",
+    "tokens",
     "tokens_of",
-    *_STRATEGIES,
 ]
 
 
