@@ -4,9 +4,8 @@
 line marked ``# E`` must be reported, and no other line. Each checker runs once over the folder,
 mypy with ``--strict`` and pyright in strict mode (tests/typing/pyrightconfig.json), both at once.
 
-The package itself: pyright strict (pyrightconfig.json) must find nothing in the core files
-(:data:`STRICT_CLEAN`), and the whole package and a ``--verifytypes`` score of 95% are the goal
-(strict xfails: when they are reached, take the mark off).
+The package itself: pyright strict (pyrightconfig.json) must find nothing in it, and
+``pyright --verifytypes`` must score at least 95% (it scores 100% today).
 """
 
 from __future__ import annotations
@@ -185,7 +184,6 @@ def test_verifytypes_sees_the_package_and_keeps_its_floor(package_checks: dict[s
     assert completeness["completenessScore"] >= 0.70
 
 
-@pytest.mark.xfail(reason="connectors/, testing/ and the runner's figures (issue 15)", strict=True)
 def test_public_api_types_are_complete(package_checks: dict[str, Any]) -> None:
     completeness = package_checks["verify"]["typeCompleteness"]
     assert completeness["completenessScore"] >= COMPLETENESS

@@ -115,7 +115,7 @@ class KafkaSink:
         self.key = key
         self.bootstrap = bootstrap
         self._producer = Producer(common_options(bootstrap, client_options), f"kafka sink {topic}")
-        self.produced = 0
+        self.produced: int = 0
 
     async def __call__(self, item: Any) -> None:
         items, contexts = outgoing(items_of(item))

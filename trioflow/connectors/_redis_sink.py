@@ -39,9 +39,9 @@ class RedisStreamSink:
     ) -> None:
         self.client = client
         self.stream = stream
-        self.fields = fields or _fields
+        self.fields: Callable[[Any], Mapping[str, Any]] = fields or _fields
         self.maxlen = maxlen
-        self.written = 0
+        self.written: int = 0
 
     async def __call__(self, item: Any) -> None:
         items = items_of(item)

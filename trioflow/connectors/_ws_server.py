@@ -228,13 +228,13 @@ class WebSocketServerSource(Source[Any]):
                 f"handshake_timeout={handshake_timeout!r} must be a positive number of seconds"
             )
         self.host = host
-        self.port = port
+        self.port: int = port
         self.envelope = envelope
         self.format: Format = format
         self.max_in_flight = max_in_flight
         self.max_message_size = max_message_size
         self.max_connections = max_connections
-        self.handshake_timeout = float(handshake_timeout)
+        self.handshake_timeout: float = float(handshake_timeout)
         #: ``None`` (same origin), ``"*"``, or the allowed origins (``scheme://host:port``)
         self.allowed_origins: _Origins | Literal["*"] | None = (
             None if allowed_origins is None else _origins(allowed_origins)

@@ -203,15 +203,15 @@ class HttpSource(Source[Any]):
             raise TypeError(f"retry={retry!r} must be a trioflow.Retry or None")
         self.client = client
         self.url = url
-        self.params = dict(params or {})
-        self.headers = dict(headers or {})
-        self.records = records or _json_records
+        self.params: dict[str, Any] = dict(params or {})
+        self.headers: dict[str, str] = dict(headers or {})
+        self.records: Callable[[Any], Iterable[Any]] = records or _json_records
         self.next_page = next_page
         self.interval = interval
         self.until = until
         self.max_pages = max_pages
         self.conditional = conditional
-        self.retry = retry or DEFAULT_RETRY
+        self.retry: Retry = retry or DEFAULT_RETRY
         self.max_retry_after = max_retry_after
         self.name = name
 
@@ -383,15 +383,15 @@ class HttpSink:
             raise ValueError("HttpSink needs url= (or request=)")
         self.client = client
         self.url = url
-        self.method = method.upper()
+        self.method: str = method.upper()
         self.batch = batch
         self.request = request
-        self.headers = dict(headers or {})
-        self.encode = encode or _jsonable
-        self.concurrency = concurrency or _pool_size(client) or 10
+        self.headers: dict[str, str] = dict(headers or {})
+        self.encode: Callable[[Any], Any] = encode or _jsonable
+        self.concurrency: int = concurrency or _pool_size(client) or 10
         self._sender = Sender(client, retry or DEFAULT_RETRY, max_retry_after)
         self._slots = trio.Semaphore(self.concurrency)
-        self.sent = 0
+        self.sent: int = 0
 
     @property
     def retried(self) -> int:

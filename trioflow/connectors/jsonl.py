@@ -138,8 +138,8 @@ class JsonlSource(Source[Any]):
             raise ValueError(
                 f"max_line_bytes={max_line_bytes!r} must be a positive integer or None"
             )
-        self.path = Path(path)
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.path: Path = Path(path)
+        self.checkpoint: Path | None = Path(checkpoint) if checkpoint is not None else None
         self.raw = raw
         self.max_line_bytes = max_line_bytes
         self.name = name
@@ -282,8 +282,8 @@ class JsonlSink:
         *,
         default: Callable[[Any], Any] | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.default = default or _default
+        self.path: Path = Path(path)
+        self.default: Callable[[Any], Any] = default or _default
 
     async def __call__(self, item: Any) -> None:
         items = items_of(item)

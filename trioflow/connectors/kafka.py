@@ -75,7 +75,7 @@ from ._trace_context import TRACEPARENT, from_headers
 
 __all__ = ["KafkaSink", "KafkaSource", "record_key"]
 
-logger = logging.getLogger("trioflow")
+logger: logging.Logger = logging.getLogger("trioflow")
 
 #: header a producer sets to tell how often a message was delivered before
 DELIVERY_COUNT_HEADER = "trioflow-delivery-count"
@@ -137,7 +137,7 @@ class KafkaSource(Source[bytes | None]):
         check_failure_options(on_failure, max_deliveries)
         if not commit_every > 0 or not revoke_timeout >= 0:
             raise ValueError("commit_every must be > 0 and revoke_timeout >= 0 seconds")
-        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        self.topics: list[str] = [topics] if isinstance(topics, str) else list(topics)
         if not self.topics:
             raise ValueError("KafkaSource needs at least one topic")
         self.group = group

@@ -123,20 +123,20 @@ class PostgresSink:
             )
         self.dsn = dsn
         self.table = table
-        self.key = (key,) if isinstance(key, str) else tuple(key or ())
-        self.columns = tuple(columns) if columns is not None else None
+        self.key: tuple[str, ...] = (key,) if isinstance(key, str) else tuple(key or ())
+        self.columns: tuple[str, ...] | None = tuple(columns) if columns is not None else None
         self.mode = mode
-        self.retry = retry or DEFAULT_RETRY
+        self.retry: Retry = retry or DEFAULT_RETRY
         #: the bound in force: the ``retry``'s own deadline if it has one, else ``retry_deadline``
-        self.retry_deadline = (
+        self.retry_deadline: float | None = (
             self.retry.deadline if self.retry.deadline is not None else (retry_deadline)
         )
         self._connect = connect
         self._idle: list[Any] = []
         self._limit = trio.Semaphore(pool_size)
         self._lock = threading.Lock()
-        self.rows_written = 0
-        self.retried = 0
+        self.rows_written: int = 0
+        self.retried: int = 0
 
     async def __call__(self, item: Any) -> None:
         rows = [_row(x) for x in items_of(item)]

@@ -99,7 +99,7 @@ __all__ = [
     "publish",
 ]
 
-logger = logging.getLogger("trioflow")
+logger: logging.Logger = logging.getLogger("trioflow")
 
 #: ``on_failure`` values: the failure actions, and the older words kept as aliases
 FailureMode = Literal["redeliver", "dead_letter", "discard", "reject", "requeue", "requeue_once"]
@@ -214,10 +214,12 @@ class RabbitQueueSource(Source[bytes]):
         args = dict(arguments or {})
         #: whether the queue has a dead-letter exchange, as far as the source can know (a queue
         #: it does not declare is taken to have one: AMQP cannot tell)
-        self.can_dead_letter = dead_letter is not False or bool(args.get("x-dead-letter-exchange"))
+        self.can_dead_letter: bool = dead_letter is not False or bool(
+            args.get("x-dead-letter-exchange")
+        )
         action = _ALIASES[on_failure] if on_failure in _ALIASES else cast(FailureAction, on_failure)
         check_failure_options(action, max_deliveries)
-        self.requeue_once = on_failure == "requeue_once"
+        self.requeue_once: bool = on_failure == "requeue_once"
         if not self.can_dead_letter and (action == "dead_letter" or self.requeue_once):
             raise ValueError(
                 f"RabbitQueueSource({queue!r}): on_failure={on_failure!r} cannot be honoured: "
@@ -250,7 +252,7 @@ class RabbitQueueSource(Source[bytes]):
         self.on_failure: FailureAction = action
         #: ``on_failure`` as given
         self.on_failure_mode: FailureMode = on_failure
-        self.requeue_delay = float(requeue_delay)
+        self.requeue_delay: float = float(requeue_delay)
         self.max_deliveries = max_deliveries
         self.arguments = args
         self.heartbeat = heartbeat

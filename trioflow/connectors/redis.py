@@ -77,7 +77,7 @@ from ._trace_context import TRACEPARENT, from_headers
 
 __all__ = ["RedisStreamSink", "RedisStreamSource", "connect"]
 
-logger = logging.getLogger("trioflow")
+logger: logging.Logger = logging.getLogger("trioflow")
 
 _DEFAULT_RECONNECT = Reconnect()
 
@@ -148,7 +148,7 @@ class RedisStreamSource(Source[dict[str, str]]):
             raise TypeError(f"reconnect={reconnect!r} must be a Reconnect(...) or None")
         self.stream = stream
         self.group = group
-        self.consumer = consumer or f"{os.uname().nodename}-{os.getpid()}"
+        self.consumer: str = consumer or f"{os.uname().nodename}-{os.getpid()}"
         self.client = client
         self.host = host
         self.port = port
@@ -156,10 +156,12 @@ class RedisStreamSource(Source[dict[str, str]]):
         self.block = block
         self.count = count
         self.claim_idle = claim_idle
-        self.claim_every = claim_every if claim_every is not None else max(claim_idle / 2, 0.05)
+        self.claim_every: float = (
+            claim_every if claim_every is not None else max(claim_idle / 2, 0.05)
+        )
         self.on_failure: FailureAction = on_failure
         self.max_deliveries = max_deliveries
-        self.dead_letter = dead_letter or f"{stream}:dead"
+        self.dead_letter: str = dead_letter or f"{stream}:dead"
         self.reconnect = reconnect
         self.name = name
 

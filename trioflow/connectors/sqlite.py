@@ -62,18 +62,18 @@ class SqliteSink:
         if mode == "upsert" and key is None:
             raise ValueError("mode='upsert' needs key= (the column(s) that identify a row)")
         _check_identifier("table", table)
-        self.path = Path(path)
+        self.path: Path = Path(path)
         self.table = table
-        self.key = (key,) if isinstance(key, str) else tuple(key or ())
+        self.key: tuple[str, ...] = (key,) if isinstance(key, str) else tuple(key or ())
         for k in self.key:
             _check_identifier("key", k)
-        self.columns = tuple(columns) if columns is not None else None
+        self.columns: tuple[str, ...] | None = tuple(columns) if columns is not None else None
         self.mode = mode
-        self.create = create
+        self.create: bool = create
         self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self.rows_written = 0
+        self.rows_written: int = 0
 
     async def __call__(self, item: Any) -> None:
         rows = [_row(x) for x in items_of(item)]

@@ -134,18 +134,18 @@ class WebSocketSource(Source[Any]):
             raise ValueError(f"heartbeat={heartbeat!r} must be a positive number of seconds")
         self.url = url
         self.format: Format = format
-        self.reconnect = reconnect or Backoff.exponential(0.1, max=10.0, jitter=True)
+        self.reconnect: Backoff = reconnect or Backoff.exponential(0.1, max=10.0, jitter=True)
         self.max_reconnects = max_reconnects
         self.reconnect_on_close = reconnect_on_close
         self.heartbeat = heartbeat
         self.on_connect = on_connect
         self.connect_timeout = connect_timeout
         self.max_message_size = max_message_size
-        self.extra_headers = list(extra_headers)
-        self.subprotocols = list(subprotocols)
+        self.extra_headers: list[tuple[bytes, bytes]] = list(extra_headers)
+        self.subprotocols: list[str] = list(subprotocols)
         self.name = name
         #: connections opened so far (all runs), for monitoring
-        self.connections = 0
+        self.connections: int = 0
 
     async def produce(self, out: Outlet) -> None:
         tw = require("trio_websocket", "websocket")
@@ -296,13 +296,13 @@ class WebSocketSink:
         self.batch = batch
         self.encode = encode
         self.attempts = attempts
-        self.reconnect = reconnect or Backoff.exponential(0.1, max=5.0, jitter=True)
+        self.reconnect: Backoff = reconnect or Backoff.exponential(0.1, max=5.0, jitter=True)
         self.connect_timeout = connect_timeout
         self.max_message_size = max_message_size
-        self.extra_headers = list(extra_headers)
-        self.subprotocols = list(subprotocols)
-        self.sent = 0
-        self.connections = 0
+        self.extra_headers: list[tuple[bytes, bytes]] = list(extra_headers)
+        self.subprotocols: list[str] = list(subprotocols)
+        self.sent: int = 0
+        self.connections: int = 0
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         self._ws: WebSocketConnection | None = None
