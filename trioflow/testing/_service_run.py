@@ -146,10 +146,12 @@ class ServiceRun:
     def record(self, message: Message[Any]) -> None:
         meta = message.metadata
         # a SimulatedSource names the topic; a real connector on a simulated client the stream
-        topic = meta.get("topic", meta.get("stream"))
-        if topic != self.topic or "id" not in meta:
+        # (Redis) or the queue (RabbitMQ), and the id (``message_id`` for RabbitMQ)
+        topic = meta.get("topic", meta.get("stream", meta.get("queue")))
+        ident = meta.get("id", meta.get("message_id"))
+        if topic != self.topic or ident is None:
             return
-        mid: str = self.broker._aliases.get((str(topic), str(meta["id"])), str(meta["id"]))
+        mid: str = self.broker._aliases.get((str(topic), str(ident)), str(ident))
         key = (mid, meta["delivery_count"])
         self.finished.setdefault(key, trio.current_time())
 
