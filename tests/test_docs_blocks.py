@@ -5,8 +5,11 @@ just before a block's fence may say what it is:
 
 * ``<!-- fragment -->``: part of a program (a class body, one call): not run.
 * ``<!-- requires: redis -->`` (or ``postgres``, ``rabbitmq``, ``kafka``; several separated by
-  commas): talks to that server on its default port on 127.0.0.1. Marked ``server``; skipped
-  when the server does not answer there.
+  commas): talks to that server. Marked ``server``. The session starts the server with the
+  connector tests' helpers (``tests/docs_servers.py``, once per session, on a free port) and
+  tells the program where it is through an environment variable the program reads with a
+  default (``REDIS_PORT``, ``TRIOFLOW_PG_DSN``, ``RABBITMQ_PORT``, ``KAFKA_BOOTSTRAP``); a server
+  that is not installed skips the block with the reason.
 
 A block whose first line is a file name comment (``# invoices.py``) is that file: the blocks
 after it on the same page run with it beside them, so they can import it (a tutorial's steps).
@@ -14,14 +17,16 @@ after it on the same page run with it beside them, so they can import it (a tuto
 
 from __future__ import annotations
 
+import os
 import re
-import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from docs_servers import ENV, DocServers
 
 ROOT = Path(__file__).parent.parent
 FENCE = re.compile(r"^```python\s*$")
@@ -29,29 +34,13 @@ END = re.compile(r"^```\s*$")
 FRAGMENT = "<!-- fragment -->"
 REQUIRES = re.compile(r"^<!--\s*requires:\s*([\w\s,-]+?)\s*-->$")
 NAMED = re.compile(r"^#\s*([\w-]+\.py)\s*$")
-#: the default port of each server a block may require
-SERVERS = {"redis": 6379, "postgres": 5432, "rabbitmq": 5672, "kafka": 9092}
+#: the servers a block may require (and the environment variables that say where they are)
+SERVERS = ENV
 TIMEOUT = 120
 
 #: pages whose blocks are not all programs or fragments yet, with why: their blocks are expected
-#: to fail (not strictly: those that run pass). Their owners mark them (issue 15); take a page off
-#: this list once it is done.
-_CONNECTOR_PAGE = "a connector page (another helper's): each block to run, be a fragment or require"
-NOT_YET_MARKED: dict[str, str] = {
-    **dict.fromkeys(
-        [
-            "docs/connectors/http.md",
-            "docs/connectors/jsonl.md",
-            "docs/connectors/kafka.md",
-            "docs/connectors/postgres.md",
-            "docs/connectors/rabbitmq.md",
-            "docs/connectors/redis.md",
-            "docs/connectors/sqlite.md",
-            "docs/connectors/websocket.md",
-        ],
-        _CONNECTOR_PAGE,
-    ),
-}
+#: to fail (not strictly: those that run pass). None today: keep it that way (issue 15).
+NOT_YET_MARKED: dict[str, str] = {}
 
 
 class Block(NamedTuple):
@@ -99,37 +88,26 @@ def collect(root: Path = ROOT) -> tuple[list[Block], int]:
     return blocks, fragments
 
 
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _params() -> list[object]:
+def _params(servers: bool) -> list[object]:
     params: list[object] = []
     for block in collect()[0]:
-        key = f"{block.path}:{block.line}"
-        marks: list[pytest.MarkDecorator] = []
-        if block.requires:
-            marks.append(pytest.mark.server)
+        if bool(block.requires) != servers:
+            continue
+        marks: list[pytest.MarkDecorator] = [pytest.mark.server] if servers else []
         if block.path in NOT_YET_MARKED:
             marks.append(pytest.mark.xfail(reason=NOT_YET_MARKED[block.path], strict=False))
-        params.append(pytest.param(block, id=key, marks=marks))
+        params.append(pytest.param(block, id=f"{block.path}:{block.line}", marks=marks))
     return params
 
 
-@pytest.mark.parametrize("block", _params())
-def test_block_runs_as_a_program(block: Block, tmp_path: Path) -> None:
-    missing = [name for name in block.requires if not _answers(SERVERS[name])]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} on 127.0.0.1:{SERVERS[missing[0]]}")
+def run(block: Block, folder: Path, env: dict[str, str] | None = None) -> None:
+    """Run ``block`` as ``python -c`` in ``folder`` (with the named blocks before it beside it)."""
     for name, code in block.files:
-        (tmp_path / name).write_text(code, encoding="utf-8")
+        (folder / name).write_text(code, encoding="utf-8")
     done = subprocess.run(
         [sys.executable, "-c", block.code],
-        cwd=tmp_path,
+        cwd=folder,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -138,6 +116,27 @@ def test_block_runs_as_a_program(block: Block, tmp_path: Path) -> None:
     assert done.returncode == 0, (
         f"{block.path}:{block.line} exited with {done.returncode}:\n{done.stderr[-3000:]}"
     )
+
+
+@pytest.mark.parametrize("block", _params(servers=False))
+def test_block_runs_as_a_program(block: Block, tmp_path: Path) -> None:
+    run(block, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def doc_servers(pytestconfig: pytest.Config) -> Iterator[DocServers]:
+    servers = DocServers(pytestconfig)
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.mark.parametrize("block", _params(servers=True))
+def test_server_block_runs_as_a_program(
+    block: Block, tmp_path: Path, doc_servers: DocServers
+) -> None:
+    run(block, tmp_path, doc_servers.env_for(block.requires))
 
 
 def test_collector_sees_blocks_fragments_and_requirements(tmp_path: Path) -> None:
@@ -170,4 +169,37 @@ def test_the_docs_have_blocks_to_run() -> None:
     blocks, _ = collect()
     assert any(b.path == "README.md" for b in blocks)
     assert len(blocks) > 20
-    assert all((ROOT / page).exists() for page in NOT_YET_MARKED)
+    # every connector page holds one complete program (issue 15)
+    for page in sorted((ROOT / "docs" / "connectors").glob("*.md")):
+        rel = page.relative_to(ROOT).as_posix()
+        assert any(b.path == rel for b in blocks), f"{rel} has no complete program"
+
+
+def test_server_blocks_read_where_their_server_is() -> None:
+    # a block that ignored the variable would talk to the default port, not the test's server
+    for block in collect()[0]:
+        for server in block.requires:
+            for variable in SERVERS[server]:
+                assert f'os.environ.get("{variable}"' in block.code, (
+                    f"{block.path}:{block.line} requires {server} but does not read ${variable}"
+                )
+    assert all(hasattr(DocServers, f"_start_{name}") for name in SERVERS)
+
+
+def test_a_server_that_is_missing_skips_its_blocks_with_the_reason(
+    pytestconfig: pytest.Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servers = DocServers(pytestconfig)
+    tries: list[str] = []
+
+    def missing() -> dict[str, str]:
+        tries.append("redis")
+        pytest.skip("redis-server is not installed")
+
+    monkeypatch.setattr(servers, "_start_redis", missing)
+    monkeypatch.setattr(servers, "_start_kafka", lambda: {"KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert servers.env_for(("kafka",)) == {"KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    for _ in range(2):  # tried once, then skipped at once
+        with pytest.raises(pytest.skip.Exception, match=r"^redis: redis-server is not installed$"):
+            servers.env_for(("kafka", "redis"))
+    assert tries == ["redis"]
