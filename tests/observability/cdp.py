@@ -7,11 +7,13 @@ an element the way a user does (mouse events at the element's position, not ``el
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +102,14 @@ class Page:
 async def browser_page(url: str) -> AsyncIterator[Page]:
     """A fresh headless Chromium (its own profile) with one tab open at ``url``."""
     assert CHROMIUM is not None
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write to the profile as it is removed: they are in
+    # the browser's own process group (killed together below), and a file they leave is no error
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = await trio.lowlevel.open_process(
             [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             active = Path(profile) / "DevToolsActivePort"
@@ -131,7 +136,8 @@ async def browser_page(url: str) -> AsyncIterator[Page]:
                 yield page
                 nursery.cancel_scope.cancel()
         finally:
-            proc.kill()
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             with trio.CancelScope(shield=True):
                 await proc.wait()
 

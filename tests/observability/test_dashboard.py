@@ -42,7 +42,7 @@ FLAGS = [
 
 def chromium(*args: str) -> subprocess.CompletedProcess[str]:
     assert CHROMIUM is not None
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         return subprocess.run(
             [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
             capture_output=True,
