@@ -36,6 +36,13 @@ class Link:
         self.lost = trio.Event()
         #: what closed it, if the broker or the network did
         self.error: BaseException | None = None
+        #: set (and replaced) each time deliveries are settled or the channel is lost
+        self.changed = trio.Event()
+
+    def notify(self) -> None:
+        """Wake what waits on :attr:`changed` (deliveries were settled, or the link is lost)."""
+        self.changed.set()
+        self.changed = trio.Event()
 
     @property
     def alive(self) -> bool:
@@ -153,6 +160,8 @@ class QueueAcker:
                 link.generation,
                 describe(exc),
             )
+        finally:
+            link.notify()
 
     async def _ack_group(self, link: Link, tags: list[int], failed: list[Message[Any]]) -> None:
         channel = link.channel

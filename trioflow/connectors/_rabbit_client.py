@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PROPERTIES",
+    "CannotOpen",
     "ConnectionFactory",
     "ConnectionLost",
     "connect",
+    "delivery_count",
     "open_channel",
     "publish",
     "set_prefetch",
@@ -41,6 +43,12 @@ _CONNECTION_FORCED = 320
 class ConnectionLost(ConnectionError):
     """The source's connection to the broker is gone (or could not be made again): transient,
     so the source reconnects under its ``reconnect`` policy."""
+
+
+class CannotOpen(Exception):
+    """The source's first connection failed for a reason other than a lost connection (a
+    refused login, a declaration the broker refused): the message names the queue and the
+    broker, the cause is the client's error."""
 
 
 def is_lost(exc: BaseException) -> bool:
@@ -261,3 +269,13 @@ async def publish(
     )
     for body in bodies:
         await channel.basic_publish(exchange, routing_key, body, header=header)
+
+
+def delivery_count(delivery: Any) -> int:
+    """Quorum queues count deliveries (``x-delivery-count``: the ones before this); classic
+    ones only flag a redelivery (so 2 is a lower bound there)."""
+    headers = delivery.header.headers
+    count = headers.get("x-delivery-count") if headers else None
+    if isinstance(count, int):
+        return count + 1
+    return 2 if delivery.envelope.redelivered else 1

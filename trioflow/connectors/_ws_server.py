@@ -20,7 +20,7 @@ from .._message import Message
 from .._message import reason_text as _reason_text
 from .._sources import Outlet, Source
 from ._lazy import require
-from ._trace_context import TRACEPARENT, TRACESTATE, from_header_pairs
+from ._trace_context import TRACEPARENT, TRACESTATE, checked, from_header_pairs
 from ._ws_common import MIB, Format, decode, logger
 
 if TYPE_CHECKING:
@@ -497,11 +497,9 @@ class _ServerRun(Source[Any]):
             if isinstance(data, dict) and "id" in data and "data" in data:
                 event = cast("dict[str, Any]", data)
                 parent = event.get(TRACEPARENT)
-                if isinstance(parent, str):  # this event's own trace context
-                    trace = {TRACEPARENT: parent}
+                if isinstance(parent, str):  # this event's own trace context, if valid
                     state = event.get(TRACESTATE)
-                    if isinstance(state, str):
-                        trace[TRACESTATE] = state
+                    trace = checked(parent, state if isinstance(state, str) else None) or trace
                 ident, payload = event["id"], event["data"]
             else:
                 ident = cast("dict[str, Any]", data).get("id") if isinstance(data, dict) else None

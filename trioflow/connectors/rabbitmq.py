@@ -34,6 +34,9 @@ Semantics of :class:`RabbitQueueSource` (at-least-once, as the broker's acknowle
   has no dead-letter exchange, as RabbitMQ's own ``x-delivery-limit`` drops it) without reaching
   the stages. Only quorum queues count past 2, so on a classic queue the source declares, a
   ``max_deliveries`` above 1 is refused;
+* **poison isolation**: what comes back redelivered (a crash returns everything un-acked) is
+  handed over in groups, 1 at first, each settled before the next, doubling as they settle (on
+  a new channel pulled with ``Basic.Get`` before consuming); first deliveries go at full speed;
 * a drain stops consuming (``Basic.Cancel``) once the hand-over in progress is done; messages
   the broker had sent but the pipeline never took are returned to the queue when the channel
   closes, after the last ack. A consumer that dies (a killed process, a dropped connection)
@@ -76,10 +79,12 @@ from ._rabbit_acker import Link, QueueAcker
 from ._rabbit_client import (
     CONNECT_TIMEOUT,
     PROPERTIES,
+    CannotOpen,
     ConnectionFactory,
     ConnectionLost,
     connect,
     declare,
+    delivery_count,
     describe,
     is_lost,
     open_channel,
@@ -87,6 +92,7 @@ from ._rabbit_client import (
     serena_connection,
     set_prefetch,
 )
+from ._rabbit_isolation import Isolation, alone, settled, take
 from ._reconnect import Reconnect, keep_connected
 from ._trace_context import TRACEPARENT, from_headers
 
@@ -270,7 +276,12 @@ class RabbitQueueSource(Source[bytes]):
         async with trio.open_nursery() as nursery:
             run = _RabbitRun(self, nursery)
             # the first connection is not retried: a wrong address or password fails at once
-            await run.connect()
+            try:
+                await run.connect()
+            except ConnectionLost:
+                raise
+            except Exception as exc:  # a refused login, a declaration the broker refused
+                raise CannotOpen(f"{run.where}: {describe(exc)}") from exc
             yield run
             # un-acked messages (a requeue still waiting) go back when the channel closes
             nursery.cancel_scope.cancel()
@@ -290,6 +301,10 @@ class RabbitQueueSource(Source[bytes]):
 class _RabbitRun(Source[bytes]):
     """One run of a :class:`RabbitQueueSource`: its connection (one after another, when the
     broker goes away and comes back), channel and acknowledger."""
+
+    #: longest wait (seconds) for an isolated group of redeliveries to be settled; past it the
+    #: source goes on at full prefetch (a stage that holds items must not stall the run)
+    ISOLATION_WAIT: ClassVar[float] = 10.0
 
     def __init__(self, spec: RabbitQueueSource, nursery: trio.Nursery) -> None:
         self.spec = spec
@@ -338,10 +353,19 @@ class _RabbitRun(Source[bytes]):
             link: Link = await self.nursery.start(self._hold, self.link.generation + 1)
         except Exception as exc:
             if is_lost(exc):
-                raise ConnectionLost(f"cannot connect: {describe(exc)}") from exc
+                raise ConnectionLost(f"{self.where}: cannot connect: {describe(exc)}") from exc
             raise
         self.link = link
         return link
+
+    @property
+    def where(self) -> str:
+        """The queue and the broker, for errors: ``queue 'q' on guest@127.0.0.1:5672 vhost '/'``."""
+        spec = self.spec
+        return (
+            f"queue {spec.queue!r} on {spec.username}@{spec.host}:{spec.port} "
+            f"vhost {spec.virtual_host!r}"
+        )
 
     async def _hold(self, generation: int, task_status: trio.TaskStatus[Link]) -> None:
         """Keep one connection open until the run ends or the connection is lost.
@@ -378,6 +402,7 @@ class _RabbitRun(Source[bytes]):
             link.error = exc
         finally:
             link.lost.set()
+            link.notify()
 
     def requeue_later(self, link: Link, tags: list[int]) -> None:
         """Requeue ``tags`` after ``requeue_delay`` (they hold their prefetch slots meanwhile)."""
@@ -410,21 +435,21 @@ class _RabbitRun(Source[bytes]):
                     old.generation,
                 )
         channel = link.channel
+        state = Isolation()  # a new channel starts careful: what a crash returned comes first
         try:
-            await set_prefetch(channel, self.prefetch)
-            async with channel.basic_consume(self.spec.queue, auto_ack=False) as deliveries:
+            if hasattr(channel, "basic_get"):
+                # RabbitMQ applies a prefetch when a consumer starts, so the careful start pulls
+                # (Basic.Get, no consumer) until a first delivery shows the backlog is through
                 connected()
-                it = aiter(deliveries)
-                while True:
-                    room = await out.demand()
-                    first: Any = await anext(it)
-                    batch = [first]
-                    # take what has already arrived, without waiting for more
-                    while len(batch) < room and channel.current_buffer_size > 0:
-                        batch.append(await anext(it))
-                    if not link.alive:
-                        break  # the broker has taken them back: they come again
-                    await self._hand_over(out, link, batch)
+                await self._careful_gets(out, link, state)
+                # what the gets left un-acked counts: the broker's total stays within prefetch
+                await set_prefetch(channel, max(1, self.prefetch - len(link.outstanding)))
+            else:  # a client whose Basic.Qos applies at once (SimulatedRabbit)
+                await set_prefetch(channel, 1)
+            async with channel.basic_consume(self.spec.queue, auto_ack=False) as deliveries:
+                if not hasattr(channel, "basic_get"):
+                    connected()
+                await self._consume(out, link, aiter(deliveries), state)
         except Exception as exc:
             # the channel's stream ends a moment before serena reports why the connection closed
             with trio.move_on_after(_LOST_WAIT):
@@ -434,6 +459,90 @@ class _RabbitRun(Source[bytes]):
             raise ConnectionLost(describe(link.error or exc)) from exc
         await link.lost.wait()
         raise ConnectionLost(describe(link.error))
+
+    async def _careful_gets(self, out: Outlet, link: Link, state: Isolation) -> None:
+        """The careful start on a broker: groups of ``state.window`` messages pulled with
+        ``Basic.Get``, each settled before the next, until the queue is empty, a group holds
+        only first deliveries, or a group is not settled in time (then ``state.careful`` is
+        False and the consumer starts at the full prefetch)."""
+        channel = link.channel
+        while state.careful and link.alive:
+            room = await out.demand()
+            batch: list[Any] = []
+            while len(batch) < min(room, state.window):
+                got = await channel.basic_get(self.spec.queue)
+                if got is None:
+                    break
+                batch.append(got)
+            if not any(d.envelope.redelivered for d in batch):
+                state.careful = False
+            if batch:
+                await self._careful_group(out, link, state, batch)
+
+    async def _careful_group(
+        self, out: Outlet, link: Link, state: Isolation, batch: list[Any]
+    ) -> bool:
+        """Hand ``batch`` over; if it holds redeliveries, wait until it is settled and grow the
+        window (False: not settled in time, isolation ends)."""
+        await self._hand_over(out, link, batch)
+        if not state.careful:
+            return True
+        limit = self.spec.max_deliveries
+        state.alone = state.alone or any(alone(d, limit) for d in batch)
+        tags = {d.envelope.delivery_tag for d in batch}
+        if not await settled(link, tags, self.ISOLATION_WAIT, self.spec):
+            # a stage holds them (a batch without a timeout, a stuck sink): waiting on would
+            # stall the run, so isolation gives way to progress
+            state.careful = False
+            return False
+        state.window = 1 if state.alone else min(state.window * 2, self.prefetch)
+        return True
+
+    async def _consume(self, out: Outlet, link: Link, it: Any, state: Isolation) -> None:
+        """Hand deliveries over until the channel is lost: first deliveries at full speed,
+        redelivered ones isolated (in settled groups, 1 at first, doubling; see the module
+        docs). A redelivery at full speed keeps the consumer's prefetch on a broker (RabbitMQ
+        applies ``Basic.Qos`` to new consumers only); a simulated client applies it at once."""
+        channel, held = link.channel, state.held
+        while True:
+            room = await out.demand()
+            if state.careful:
+                if held:
+                    batch = [held.popleft() for _ in range(min(state.window, room, len(held)))]
+                else:
+                    batch = await take(it, channel, min(room, state.window))
+                if not link.alive:
+                    return  # the broker has taken them back: they come again
+                if not held and not any(d.envelope.redelivered for d in batch):
+                    state.careful = False
+                    await set_prefetch(channel, self.prefetch)
+                window = state.window
+                if not await self._careful_group(out, link, state, batch):
+                    await set_prefetch(channel, self.prefetch)
+                    if held:
+                        await self._hand_over(out, link, list(held))
+                        held.clear()
+                elif state.careful and state.window != window:
+                    await set_prefetch(channel, state.window)
+                continue
+            batch = await take(it, channel, room)
+            if not link.alive:
+                return
+            again = [d for d in batch if d.envelope.redelivered]
+            if not again:
+                await self._hand_over(out, link, batch)
+                continue
+            # a redelivery at full speed (another consumer died, a requeue): what is in flight
+            # is settled, then the redelivered ones go isolated
+            state.restart()
+            await set_prefetch(channel, 1)
+            held.extend(again)
+            mine = {d.envelope.delivery_tag for d in again}
+            link.outstanding.update(mine)  # held: a multiple ack must not cover them
+            batch = [d for d in batch if not d.envelope.redelivered]
+            if batch:
+                await self._hand_over(out, link, batch)
+            await settled(link, link.outstanding - mine, self.ISOLATION_WAIT, self.spec)
 
     async def _hand_over(self, out: Outlet, link: Link, deliveries: list[Any]) -> None:
         """Hand deliveries over in bulk ((generation, tag) as ids, metadata made only when a
@@ -448,7 +557,7 @@ class _RabbitRun(Source[bytes]):
         for delivery in deliveries:
             tag: int = delivery.envelope.delivery_tag
             outstanding.add(tag)
-            if limit is not None and (count := _delivery_count(delivery)) > limit:
+            if limit is not None and (count := delivery_count(delivery)) > limit:
                 action: FailureAction = "dead_letter" if self.spec.can_dead_letter else "discard"
                 meta = self._metadata(delivery, generation)
                 failed.append(poison(delivery.body, meta, self.acker, count, limit, action=action))
@@ -469,7 +578,7 @@ class _RabbitRun(Source[bytes]):
     def _metadata(self, delivery: Any, generation: int) -> dict[str, Any]:
         envelope, header = delivery.envelope, delivery.header
         headers = dict(header.headers or {})
-        deliveries = _delivery_count(delivery)
+        deliveries = delivery_count(delivery)
         meta: dict[str, Any] = {
             "channel_generation": generation,
             "delivery_tag": envelope.delivery_tag,
@@ -491,13 +600,3 @@ class _RabbitRun(Source[bytes]):
 
     def __repr__(self) -> str:
         return repr(self.spec)
-
-
-def _delivery_count(delivery: Any) -> int:
-    """Quorum queues count deliveries (``x-delivery-count``: the ones before this); classic
-    ones only flag a redelivery (so 2 is a lower bound there)."""
-    headers = delivery.header.headers
-    count = headers.get("x-delivery-count") if headers else None
-    if isinstance(count, int):
-        return count + 1
-    return 2 if delivery.envelope.redelivered else 1

@@ -1,8 +1,8 @@
 """Redis Streams: a consumer-group source and a sink, with coredis (anyio-native, runs under trio).
 
 Why coredis: it runs natively under ``trio.run`` (redis-py and valkey's clients are asyncio-only),
-it is typed, and a cancelled blocking ``XREADGROUP`` leaves the client usable without losing an
-entry. Install with ``pip install 'trioflow[redis]'``.
+it is typed, and a cancelled blocking ``XREADGROUP`` leaves the client usable. Install with
+``pip install 'trioflow[redis]'``.
 
 Semantics of :class:`RedisStreamSource` (at-least-once):
 
@@ -19,6 +19,8 @@ Semantics of :class:`RedisStreamSource` (at-least-once):
   size doubles as groups settle, one delivered more often goes alone, each group once the
   previous one is settled, while new entries flow; so an entry that crashes the process is the
   only one whose count keeps rising;
+* a drain waits for the read in progress (at most 1 s) and hands over what it got, acked by the
+  drain: nothing read is stranded; retries not reached stay pending (logged, with how many);
 * when Redis goes away it reconnects with the ``reconnect`` policy (``source_disconnected`` /
   ``source_reconnected``); acks wait for the new connection (at most ``give_up_after``), entries
   in flight stay pending;
@@ -75,7 +77,7 @@ from ._redis_acker import StreamAcker
 from ._redis_sink import RedisStreamSink
 from ._trace_context import TRACEPARENT, from_headers
 
-__all__ = ["RedisStreamSink", "RedisStreamSource", "connect"]
+__all__ = ["RedisStreamSink", "RedisStreamSource", "connect", "default_consumer"]
 
 logger: logging.Logger = logging.getLogger("trioflow")
 
@@ -89,6 +91,17 @@ def connect(host: str = "127.0.0.1", port: int = 6379, **options: Any) -> Any:
     return coredis.Redis(host=host, port=port, **options)
 
 
+def default_consumer() -> str:
+    """A source's consumer name when none is given: ``<host>-worker-<n>`` under ``trioflow run
+    --workers N`` (``TRIOFLOW_WORKER=n``, the same after a restart, which so reads back its own
+    pending entries at once), else ``<host>-<pid>``; e.g. ``'box-worker-2'``."""
+    host = os.uname().nodename
+    worker = os.environ.get("TRIOFLOW_WORKER", "").strip()
+    if worker:
+        return f"{host}-worker-{worker}"
+    return f"{host}-{os.getpid()}"
+
+
 @final
 class RedisStreamSource(Source[dict[str, str]]):
     """Entries of a Redis stream, read in a consumer group (see the module docs).
@@ -96,7 +109,9 @@ class RedisStreamSource(Source[dict[str, str]]):
     Args:
         stream: the stream to read.
         group: the consumer group (created at ``start`` if missing).
-        consumer: this consumer's name in the group (default: host name and process id).
+        consumer: this consumer's name in the group (default: :func:`default_consumer`: host
+            name and ``worker-$TRIOFLOW_WORKER`` under ``trioflow run --workers N``, else host
+            name and process id).
         client: an entered coredis client; by default the source opens its own.
         host: Redis host, for the source's own client.
         port: Redis port, for the source's own client.
@@ -148,7 +163,7 @@ class RedisStreamSource(Source[dict[str, str]]):
             raise TypeError(f"reconnect={reconnect!r} must be a Reconnect(...) or None")
         self.stream = stream
         self.group = group
-        self.consumer: str = consumer or f"{os.uname().nodename}-{os.getpid()}"
+        self.consumer: str = consumer or default_consumer()
         self.client = client
         self.host = host
         self.port = port
@@ -217,6 +232,10 @@ class _RedisRun(Source[dict[str, str]]):
     SCAN_PAGE = 100
     #: while a retry is in flight, how often (seconds) to look for new entries
     RETRY_POLL = 0.05
+    #: longest blocking read (s): a drain waits for the read in progress (see _read_new)
+    READ_AT_MOST = 1.0
+    #: seconds a read may take past its ``block`` before it counts as a lost connection
+    READ_GRACE = 5.0
 
     def __init__(self, spec: RedisStreamSource, client: Any) -> None:
         self.spec = spec
@@ -335,18 +354,36 @@ class _RedisRun(Source[dict[str, str]]):
                     raise _GroupLost(f"the consumer group is gone ({exc})") from exc
                 raise
 
-        await keep_connected(
-            out, self.spec.reconnect, session, transient=self._transient, what=self.label
+        try:
+            await keep_connected(
+                out, self.spec.reconnect, session, transient=self._transient, what=self.label
+            )
+        finally:
+            self._left_pending()
+
+    def _left_pending(self) -> None:
+        """Log the retries (own pending entries, claimed ones) left pending at the end."""
+        if not self._retries and self._scan_from is None:
+            return
+        logger.warning(
+            "trioflow: source %r stops with %d%s entries of its pending list not retried; "
+            "they stay pending for %r: a consumer of that name re-reads them when it starts, "
+            "any consumer of the group claims them once idle claim_idle=%s s",
+            self.label,
+            len(self._retries),
+            " or more (the rest of the list was not read)" if self._scan_from is not None else "",
+            self.spec.consumer,
+            self.spec.claim_idle,
         )
 
     async def _read(self, out: Outlet) -> None:
-        spec, client = self.spec, self.client
+        spec = self.spec
         # what this consumer has pending and not in flight: everything at start (it was in
         # flight before a restart), the replies lost in an outage after a reconnect
         self._scan_from = "-"
         self._window = 1
         next_claim = trio.current_time()
-        block_ms = max(1, int(spec.block * 1000))
+        block_ms = max(1, int(min(spec.block, self.READ_AT_MOST) * 1000))
         while True:
             room = min(await out.demand(), spec.count)
             await self._refresh_figures()
@@ -364,10 +401,7 @@ class _RedisRun(Source[dict[str, str]]):
                 # a retry is in flight and more wait for it: look for new entries without
                 # blocking (a blocking read cannot be cut short: a cancelled one leaves the
                 # client stuck), then wait for the retry to be settled, a little at a time
-                got = await client.xreadgroup(
-                    spec.group, spec.consumer, streams={spec.stream: ">"}, count=room
-                )
-                entries = got.get(spec.stream, ()) if got else ()
+                entries = await self._read_new(room, None)
                 if entries:
                     await self._hand_over(out, [(e, 1) for e in entries])
                     continue
@@ -375,12 +409,28 @@ class _RedisRun(Source[dict[str, str]]):
                     await self._retry_settled.wait()
                 continue
             block = min(block_ms, max(1, int((next_claim - trio.current_time()) * 1000)))
-            got = await client.xreadgroup(
-                spec.group, spec.consumer, streams={spec.stream: ">"}, count=room, block=block
-            )
-            entries = got.get(spec.stream, ()) if got else ()
+            entries = await self._read_new(room, block)
             if entries:
                 await self._hand_over(out, [(e, 1) for e in entries])
+
+    async def _read_new(self, room: int, block: int | None) -> tuple[Any, ...]:
+        """``XREADGROUP ... >`` (blocking ``block`` ms, or not at all), shielded from a drain:
+        Redis makes what it answers pending for this consumer, so a read cancelled after it was
+        answered would strand those entries until a claim. Shielded, the read ends (at most
+        :attr:`READ_AT_MOST` s later) and what it got is handed over, then acked by the drain
+        (the hand-over starts with no checkpoint in between). A read that does not answer in
+        time counts as a lost connection."""
+        spec = self.spec
+        options: dict[str, Any] = {"count": room}
+        if block is not None:
+            options["block"] = block
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after((block or 0) / 1000 + self.READ_GRACE):
+                got = await self.client.xreadgroup(
+                    spec.group, spec.consumer, streams={spec.stream: ">"}, **options
+                )
+                return got.get(spec.stream, ()) if got else ()
+        raise ConnectionError(f"XREADGROUP got no answer within {self.READ_GRACE} s")
 
     def _has_retries(self) -> bool:
         return bool(self._retries) or self._scan_from is not None
@@ -447,13 +497,16 @@ class _RedisRun(Source[dict[str, str]]):
             # min_idle_time: nobody else could take these (idle < claim_idle) or took them
             # since the XPENDING just now (that resets the idle time); an entry deleted from the
             # stream meanwhile is dropped from the pending list by Redis and not returned
-            claimed = await client.xclaim(
-                spec.stream,
-                spec.group,
-                spec.consumer,
-                min_idle_time=min(int(p.idle) for p in chosen),
-                identifiers=[p.identifier for p in chosen],
-            )
+            claimed: Any = ()
+            with trio.CancelScope(shield=True):  # delivers them: not to be dropped by a drain
+                with trio.fail_after(self.READ_GRACE):
+                    claimed = await client.xclaim(
+                        spec.stream,
+                        spec.group,
+                        spec.consumer,
+                        min_idle_time=min(int(p.idle) for p in chosen),
+                        identifiers=[p.identifier for p in chosen],
+                    )
             counts = {p.identifier: int(p.delivered) + 1 for p in chosen}
             entries = [(e, counts[e.identifier]) for e in claimed if e.field_values is not None]
             if entries:
