@@ -2,10 +2,8 @@
 dead letters and reconnects, checked by check_service through the broker's faults (no RabbitMQ
 server: its logic is separated from the network by ``connection=``).
 
-``observe=False`` throughout: check_service recognises a delivery at the last stage by the
-``topic``/``stream`` and ``id`` of its metadata, and the RabbitMQ source names neither (it has
-``queue`` and ``message_id``), so the checks *no early ack* and *processed* are left out; the
-others (settled, dead letters, pipeline ran) apply.
+Every check applies: check_service recognises a RabbitMQ delivery at the last stage by the
+``queue`` and ``message_id`` of its metadata.
 """
 
 from __future__ import annotations
@@ -101,7 +99,7 @@ def is_bad(order: dict[str, Any]) -> bool:
 def test_the_rabbit_source_passes_without_faults() -> None:
     saved: list[int] = []
     broker = fresh_broker()
-    result = check_service(rabbit_service(saved), broker, "orders", expect=is_bad, observe=False)
+    result = check_service(rabbit_service(saved), broker, "orders", expect=is_bad)
     assert sorted(saved) == [i for i in range(N) if i != BAD]
     assert result.acked == N - 1
     assert result.deliveries == N
@@ -120,7 +118,7 @@ def test_the_rabbit_source_passes_without_faults() -> None:
 def test_prefetch_bounds_what_the_broker_pushes() -> None:
     # the broker pushes up to the prefetch window, and more only as deliveries are settled
     broker = fresh_broker()
-    check_service(rabbit_service([], prefetch=3), broker, "orders", expect=is_bad, observe=False)
+    check_service(rabbit_service([], prefetch=3), broker, "orders", expect=is_bad)
     chunks = [d.split(": ", 1)[1].split() for _, e, d in broker.log if e == "deliver"]
     assert max(len(c) for c in chunks) == 3
     assert sum(len(c) for c in chunks) == N
@@ -138,7 +136,6 @@ def test_a_crashed_consumers_messages_are_requeued_at_once() -> None:
         broker,
         "orders",
         expect=is_bad,
-        observe=False,
         consumers=2,
         faults=[CrashConsumer("c1", after=2)],
         restart_delay=1000.0,  # c1 stays down: only a requeue lets c0 settle what c1 held
@@ -167,7 +164,6 @@ def test_redeliver_requeues_a_failed_message_after_requeue_delay() -> None:
         broker,
         "orders",
         expect=is_bad,  # it fails each time: redelivered until past max_deliveries
-        observe=False,
         max_time=120.0,
     )
     requeues = [d for _, e, d in result.log if e == "requeue"]
@@ -193,7 +189,6 @@ def test_without_requeue_the_kit_reports_good_messages_dead_lettered(
             fresh_broker(),
             "orders",
             expect=lambda o: o["id"] in (BAD,),
-            observe=False,
             max_time=120.0,
         )
     assert (
@@ -213,7 +208,6 @@ def test_a_poison_message_is_dead_lettered_on_a_quorum_queue() -> None:
         fresh_broker(),
         "orders",
         expect=lambda o: o["id"] in (POISON, BAD),
-        observe=False,
     )
     assert result.crashes == 3
     assert set(saved) == {i for i in range(N) if i not in (POISON, BAD)}
@@ -234,7 +228,6 @@ def test_poison_isolation_only_the_poison_is_dead_lettered(seed: int, max_delive
         fresh_broker(seed),
         "orders",
         expect=lambda o: o["id"] in (POISON, BAD),
-        observe=False,
     )
     assert result.crashes == max_deliveries
     assert result.dead_lettered == 2  # the poison and the bad order
@@ -283,9 +276,7 @@ def test_a_redelivery_at_full_speed_is_isolated() -> None:
     broker = SimulatedBroker(seed=0)
     for i in range(40):
         broker.publish("orders", {"id": i, "ok": True})
-    result = check_service(
-        build, broker, "orders", expect=lambda o: o["id"] == POISON, observe=False
-    )
+    result = check_service(build, broker, "orders", expect=lambda o: o["id"] == POISON)
     again = [(i, others) for i, redelivered, others in seen if redelivered]
     assert [i for i, _ in again] == [POISON] * 3  # delivered 4 times, then dead-lettered
     assert again[0] == (POISON, 0)
@@ -302,7 +293,6 @@ def test_a_broker_restart_reconnects_and_drops_the_dead_channels_acks() -> None:
         fresh_broker(),
         "orders",
         expect=is_bad,
-        observe=False,
         faults=[RestartBroker(after=8, downtime=3.0)],
     )
     assert any(e == "restart" for _, e, _ in result.log)
@@ -322,7 +312,6 @@ def test_a_consumer_restarted_while_the_broker_is_down_fails_to_open() -> None:
             fresh_broker(),
             "orders",
             expect=is_bad,
-            observe=False,
             faults=[CrashConsumer("c0", after=4), RestartBroker(after=4, downtime=5.0)],
         )
     text = str(info.value)
@@ -357,7 +346,6 @@ def test_the_rabbit_source_survives_crashes_and_duplicates(schedule: list[Any]) 
         fresh_broker(),
         "orders",
         expect=lambda o: o["id"] == BAD,
-        observe=False,
         faults=schedule,
         consumers=2,
     )
@@ -379,7 +367,6 @@ def test_the_rabbit_source_survives_restarts(schedule: list[Any]) -> None:
         fresh_broker(),
         "orders",
         expect=is_bad,
-        observe=False,
         faults=schedule,
     )
     assert set(saved) >= {i for i in range(N) if i != BAD}
