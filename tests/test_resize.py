@@ -151,7 +151,23 @@ async def test_resize_after_the_stage_ended(autojump_clock: trio.testing.MockClo
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(pipeline.serve)
         await trio.sleep(5.0)  # "work" is done with its input and ended
+        tasks = _count_tasks()
         handle.resize("work", 5)  # nothing to start: no error, no stray task
+        await trio.sleep(1.0)
+        assert _count_tasks() == tasks
         gate.set()
         report = await handle.wait()
     assert report.acked == 3
+
+
+def _count_tasks() -> int:
+    """The tasks alive in this run."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    todo = [root]
+    count = 0
+    while todo:
+        task = todo.pop()
+        count += 1
+        todo.extend(t for n in task.child_nurseries for t in n.child_tasks)
+    return count

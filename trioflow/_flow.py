@@ -26,7 +26,10 @@ class Adaptive:
 
     Pass it as ``n`` to :func:`~trioflow.process` or :func:`~trioflow.sink`; the stage then never
     runs more than ``max`` nor fewer than ``min`` calls at once, and backs off when its calls
-    slow down under load. ``initial`` is where it starts (default: ``min``).
+    slow down under load. ``initial`` is the limit it starts with (default: ``min``): its first
+    calls, run at that limit, measure the no-load latency (an ``initial`` above what the
+    downstream serves without queueing overestimates it until the next measurement at ``min``,
+    at most ``max(30, 400 * latency)`` seconds later).
 
     Examples:
         >>> stage = process(fetch, n=Adaptive(min=1, max=64))

@@ -145,14 +145,31 @@ class Retry:
     deadline: float | None = attrs.field(default=None, validator=_check_deadline)
     hold: bool = attrs.field(default=True, validator=_check_hold)
 
-    def should_retry(self, exc: BaseException, attempt: int, spent: float) -> float | None:
+    def should_retry(
+        self, exc: BaseException, attempt: int, spent: float, *, where: str | None = None
+    ) -> float | None:
         """The delay before the next call after call ``attempt`` raised ``exc`` (``spent``
         seconds after the item's first call), or ``None`` if the item fails now.
 
         ``exc`` is not a :class:`~trioflow.Fatal` (the caller checked). Exception groups are
-        looked into: types must match every leaf; a predicate is asked about every leaf.
+        looked into: types must match every leaf; a predicate is asked about every leaf. A
+        predicate that raises makes this raise ``RuntimeError`` (its cause: what the predicate
+        raised) naming the predicate, ``exc`` and ``where`` (the stage and the item): the item
+        fails with it.
         """
-        if attempt >= self.attempts or not _retryable(exc, self.on):
+        if attempt >= self.attempts:
+            return None
+        try:
+            retryable = _retryable(exc, self.on)
+        except Exception as error:
+            on = self.on
+            name = getattr(on, "__qualname__", None) or repr(on)
+            place = f"{where}: " if where else ""
+            raise RuntimeError(
+                f"{place}the retry predicate Retry(on={name}) raised "
+                f"{type(error).__name__}: {error} deciding whether to retry {exc!r}"
+            ) from error
+        if not retryable:
             return None
         delay = self.backoff.delay(attempt)
         if self.deadline is not None and spent + delay > self.deadline:

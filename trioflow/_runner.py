@@ -88,7 +88,8 @@ class PipelineHandle:
         follows latency (``ValueError``). Raises ``KeyError`` for an unknown name (the message
         lists the stages), ``TypeError`` for a stage that is not ``process``/``sink``,
         ``ValueError`` for an ``n`` that is not a positive integer or is above 4096 (or the
-        stage's own ``n``, if larger): each call is a task kept for the rest of the run.
+        stage's own ``n``, if larger): each call is a task kept for the rest of the run. Once
+        the run has ended (its input done, a drain, a hard stop), a valid resize does nothing.
 
         Examples:
             >>> handle.resize("save", 16)
@@ -494,6 +495,10 @@ async def run_pipeline(
             raise
     finally:
         run.ended = trio.current_time()
+        for ctx in run.contexts:  # the stages' nursery is closed: a resize starts no task now
+            ctx.spawn = None
+            if isinstance(ctx.control, Steering):
+                ctx.control.end()
         run.done.set()  # waiters learn the outcome below, or that there is none (cancelled)
     if run.crash is not None:
         label, exc = run.crash

@@ -113,6 +113,7 @@ class Outlet:
     __slots__ = (
         "_asked",
         "_events",
+        "_gate_scope",
         "_handing",
         "_label",
         "_queue",
@@ -130,6 +131,8 @@ class Outlet:
         self.scope: trio.CancelScope = trio.CancelScope()
         self._handing = False
         self._stopping = False
+        #: a source's wait at a paused gate with items in hand (a drain ends it: see ``stop``)
+        self._gate_scope: trio.CancelScope | None = None
         #: whether the source asks for demand (then only demand() waits while paused)
         self._asked = False
         #: the run's pause switch (see :class:`Gate`)
@@ -194,10 +197,14 @@ class Outlet:
 
         A hand-over waiting for room is not interrupted: what a source pulled is processed and
         acked, never dropped between its system and the pipeline (a hard stop still cancels it).
+        Nor is one waiting at a paused gate (``handle.pause()``, an open breaker) with items in
+        hand: the wait ends and they are handed over.
         """
         self._stopping = True
         if not self._handing:
             self.scope.cancel()
+        elif self._gate_scope is not None:
+            self._gate_scope.cancel()
 
     def _handed_over(self) -> None:
         self._handing = False
@@ -237,8 +244,18 @@ class Outlet:
         if not items:
             return
         gate = self.gate
-        if gate is not None and gate.paused and not self._asked:
-            await gate.wait()  # a source that never asks for demand pauses here, item in hand
+        if gate is not None and gate.paused and not self._asked and not self._stopping:
+            # a source that never asks for demand pauses here, items in hand: a drain must not
+            # cancel it then (they would be lost), it ends the wait and they are handed over
+            self._handing = True
+            try:
+                with trio.CancelScope() as self._gate_scope:
+                    await gate.wait()
+            except BaseException:
+                self._handed_over()  # a hard stop: it may drop them (see ``stop``)
+                raise
+            finally:
+                self._gate_scope = None
         failed: list[Any] = []
         kinds = set(map(type, items))
         if kinds == {Message} and "failed" not in set(map(_status_of, items)):

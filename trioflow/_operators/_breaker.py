@@ -4,7 +4,8 @@
 made, the sources are paused (through the run's gate), and after ``reset`` seconds one probe call
 may start (``half_open``). A probe that succeeds closes the breaker and resumes the sources; one
 that fails opens it again for another ``reset`` seconds. What happens to the items of failed
-calls is the stage's business (see ``_flowing``); this is only the state machine.
+calls, and which item is the probe, is the stage's business (see ``_flowing``); this is only
+the state machine.
 """
 
 from __future__ import annotations

@@ -18,8 +18,15 @@ Items of failed calls and the breaker: a failed call counts against the breaker.
 is open after it, the item waits for the breaker (it is neither failed nor dead-lettered) and is
 called again, first, once the breaker lets calls through. Otherwise, if its retry policy gives
 up, the item is *suspect*: it is failed as soon as a call succeeds (the downstream works: the
-item was the problem), or, if the breaker opens first, it waits with the others; at the end of
-input, suspects left are failed.
+item was the problem), or, if the breaker opens first, it waits with the others. When no call
+runs and nothing else can be called, suspects are failed at the end of input, once the stage is
+full, or ``reset`` seconds after they failed: they never hold their key (or the stage) for ever.
+
+The probe: the oldest held item that has not failed as a probe; then a due retry or a ready
+item; then the held item whose probe failed longest ago. A held item keeps its place in
+``held`` when its probe fails. An item that failed as a probe and fails again once the breaker
+has closed is bad: its retry policy decides, it does not count against the breaker. A held item
+whose probe fails past its ``Retry(deadline=...)`` fails (its budget).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from trio.lowlevel import ParkingLot, checkpoint
 
 from .._awaitables import checked_key, is_awaitable
 from .._groups import is_fatal
-from .._queue import ChunkQueue
+from .._queue import FAILED, ChunkQueue
 from .._retry import Retry
 from .._stages import Process
 from .._topology import Node
@@ -45,7 +52,7 @@ from ._breaker import BreakerState, State
 from ._context import Emitter, StageContext
 from ._limit import GradientLimit
 from ._partition import Partitions
-from ._process import Pool, exception_event, fail_item, view_of, with_attempt
+from ._process import Pool, exception_event, view_of, with_attempt
 from ._steer import Steering
 
 __all__ = ["flow_tasks", "uses_flow"]
@@ -71,7 +78,7 @@ class _Item:
     """One item in the stage: what calls see, where it came from, its key (or ticket), and its
     retry state."""
 
-    __slots__ = ("arg", "attempt", "exc", "first", "key", "origin")
+    __slots__ = ("arg", "attempt", "exc", "first", "key", "origin", "probed", "since")
 
     def __init__(self, arg: Any, origin: Any, key: Any) -> None:
         self.arg = arg
@@ -80,6 +87,10 @@ class _Item:
         self.attempt = 1
         self.first = -1.0  # when its first call started
         self.exc: Exception | None = None
+        #: 0, or the number of the last failed probe this item was the call of (see the module)
+        self.probed = 0
+        #: when it became a suspect
+        self.since = 0.0
 
 
 @final
@@ -163,10 +174,16 @@ class _Flow:
         self.suspects: list[_Item] = []
         retry = stage.retry
         self.retry: Retry | None = retry if retry is not None and not retry.hold else None
+        #: the retry policy's ``deadline``: also the budget of an item held by the breaker
+        self.deadline = math.inf if retry is None or retry.deadline is None else retry.deadline
         #: a messages=True stage with retries sees ``attempt`` in each message's metadata
         self.attempts = stage.messages and retry is not None and not retry.hold
         self.limiter: GradientLimit | None = None
         self.breaker: BreakerState | None = None
+        #: failed probes so far (an item's ``probed`` is the number of its last one)
+        self.probes = 0
+        #: where the probe in flight came from: its index in ``held``, or -1 (ready, a retry)
+        self.probe_from = -1
 
     # -- taking work ----------------------------------------------------------------------------
 
@@ -204,32 +221,56 @@ class _Flow:
                         await self._wait(breaker.probe_at if breaker.state == "open" else math.inf)
                         continue
                     probe = verdict is None
-                if where == 1:
+                if probe:
+                    item = self._probe_item(now)
+                elif where == 1:
                     item = self.held.popleft()
                 elif where == 2:
                     item = heappop(self.later)[2]
                 else:
                     item = self.ready.next_item()
                 return item, probe
+            decide = math.inf
             if not where:
                 if self._idle():
                     return None
-                if (
-                    self.intake_done
-                    and self.ready.empty()
-                    and not self.later
-                    and not self.held
-                    and self.calling == 0
-                ):
-                    self._fail_suspects()  # the end: nothing will tell them apart any more
-                    continue
+                if self.suspects and self.calling == 0 and not self.later and not self.held:
+                    # nothing runs that could tell the suspects apart: decide them at the end
+                    # of input, when the stage is full (their own key's items, or ordered
+                    # results behind them, fill it), or after ``reset`` seconds
+                    assert breaker is not None
+                    decide = self.suspects[0].since + breaker.reset
+                    if self.intake_done or pool.held >= pool.cap or now >= decide:
+                        self._fail_suspects()
+                        continue
             if len(pending) and not pending.busy:
                 await pool.flush()
                 continue
-            due = self.later[0][0] if self.later else math.inf
+            due = min(decide, self.later[0][0] if self.later else math.inf)
             if where and breaker is not None and breaker.state == "open":
                 due = min(due, breaker.probe_at)
             await self._wait(due)
+
+    def _probe_item(self, now: float) -> _Item:
+        """The probe's item: the oldest held one that has not failed a probe; else a due retry
+        or a ready item; else the held item whose probe failed longest ago (a rotation: one bad
+        item cannot keep the breaker open while others wait)."""
+        held = self.held
+        for idx, item in enumerate(held):
+            if not item.probed:
+                del held[idx]
+                self.probe_from = idx
+                return item
+        self.probe_from = -1
+        if self.later and self.later[0][0] <= now:
+            return heappop(self.later)[2]
+        if self.ready.ready():
+            return self.ready.next_item()
+        idx = min(range(len(held)), key=lambda i: held[i].probed)
+        item = held[idx]
+        del held[idx]
+        self.probe_from = idx
+        return item
 
     async def _wait(self, deadline: float) -> None:
         if deadline == math.inf:
@@ -258,53 +299,82 @@ class _Flow:
                 self._fail_suspects()
         self._finish(item, result)
 
-    def failed(self, item: _Item, arg: Any, exc: Exception, now: float) -> None:
+    def failed(self, item: _Item, arg: Any, exc: Exception, now: float, probe: bool) -> None:
+        """A call for ``item`` (seen as ``arg``) raised ``exc``; ``probe``: it was the breaker's
+        probe."""
         ctx = self.ctx
         exception_event(ctx, arg, exc)
         breaker = self.breaker
-        if breaker is not None and breaker.failed(now):
-            if self.suspects:
-                self.held.extend(self.suspects)
-                self.suspects.clear()
-            self.held.append(item)
-            return
-        retry = self.retry
-        if retry is not None:
-            delay = retry.should_retry(exc, item.attempt, now - item.first)
-            if delay is not None:
-                item.attempt += 1
-                ctx.retried(arg, item.attempt, exc, delay)
-                self.seq += 1
-                heappush(self.later, (now + delay, self.seq, item))
+        if breaker is not None:
+            if item.probed and not probe and breaker.state == "closed":
+                # it failed as a probe, a call has succeeded since (the breaker closed), and it
+                # failed again: the item is the problem. Its retry policy decides, and this
+                # failure does not count against the breaker.
+                item.probed = 0
+                if not self._retry(item, arg, exc, now):
+                    self._fail(item, arg, exc)
                 return
+            if breaker.failed(now):
+                if self.suspects:
+                    self.held.extend(self.suspects)
+                    self.suspects.clear()
+                if probe and now - item.first >= self.deadline:
+                    self._fail(item, arg, exc)  # its retry deadline is its budget
+                    return
+                if probe:
+                    self.probes += 1
+                    item.probed = self.probes
+                    if 0 <= self.probe_from <= len(self.held):
+                        self.held.insert(self.probe_from, item)  # held items keep their order
+                        return
+                self.held.append(item)
+                return
+        if self._retry(item, arg, exc, now):
+            return
         if breaker is not None:
             item.exc = exc
+            item.since = now
             self.suspects.append(item)
             return
         self._fail(item, arg, exc)
 
-    def probe_failed(self, item: _Item) -> None:
-        """The probe's item goes back to the front: it is the oldest held."""
-        if self.held and self.held[-1] is item:
-            self.held.pop()
-            self.held.appendleft(item)
+    def _retry(self, item: _Item, arg: Any, exc: Exception, now: float) -> bool:
+        """Whether ``item`` waits for another attempt (its retry policy says so)."""
+        retry = self.retry
+        if retry is None:
+            return False
+        ctx = self.ctx
+        try:
+            delay = retry.should_retry(
+                exc, item.attempt, now - item.first, where=f"stage {ctx.label!r}, item {arg!r}"
+            )
+        except Exception as error:  # the predicate raised: the item fails with that
+            item.exc = error
+            self._fail(item, arg, error)
+            return True
+        if delay is None:
+            return False
+        item.attempt += 1
+        ctx.retried(arg, item.attempt, exc, delay)
+        self.seq += 1
+        heappush(self.later, (now + delay, self.seq, item))
+        return True
 
     def _finish(self, item: _Item, result: Any) -> None:
         self.pool.finish(item.key, result, item.origin)
         self.ready.done(item.key)
 
     def _fail(self, item: _Item, arg: Any, exc: Exception) -> None:
-        self.pool.finish(item.key, fail_item(self.ctx, item.origin, arg, exc), item.origin)
+        # (its call's ``stage_exception`` event was emitted in :meth:`failed`: once per call)
+        self.ctx.fail(item.origin, arg, exc)
+        self.pool.finish(item.key, FAILED, item.origin)
         self.ready.done(item.key)
 
     def _fail_suspects(self) -> None:
         suspects, self.suspects = self.suspects, []
         for item in suspects:
             assert item.exc is not None
-            self.pool.finish(
-                item.key, fail_item(self.ctx, item.origin, item.arg, item.exc), item.origin
-            )
-            self.ready.done(item.key)
+            self._fail(item, item.arg, item.exc)
 
 
 def flow_tasks(
@@ -444,9 +514,7 @@ async def _worker(flow: _Flow, call: Call, is_async: bool) -> None:
                 flow.calling -= 1
                 now = clock()
                 ctx.chunk_stop(1, now - started)
-                flow.failed(item, arg, exc, now)
-                if probe:
-                    flow.probe_failed(item)
+                flow.failed(item, arg, exc, now, probe)
                 flow.wake()  # a retry's due time or the breaker's state: all look again
             else:
                 flow.calling -= 1

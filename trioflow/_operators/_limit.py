@@ -3,8 +3,9 @@
 The algorithm is the gradient controller of Envoy's adaptive concurrency filter (itself after
 Netflix's concurrency-limits ``GradientLimit``), written from their documentation:
 
-* the *no-load latency* ``min_rtt`` is measured by letting only ``min`` calls run at once, for
-  :data:`PROBE_SAMPLES` calls (their median), when the stage starts and again every
+* the *no-load latency* ``min_rtt`` is measured from the first :data:`PROBE_SAMPLES` calls of
+  the stage (their median), run at its starting limit (``Adaptive.initial``, by default ``min``,
+  so with no load), then again by letting only ``min`` calls run at once every
   :func:`probe_interval` seconds, or sooner once the limit sat at ``min`` for
   :data:`STUCK_WINDOWS` windows (the downstream's own latency may have changed); in between, a
   window whose median is lower lowers it (the first calls of a run may pay for connections);
@@ -89,8 +90,8 @@ class GradientLimit:
         self.min = spec.min
         self.max = spec.max
         #: the limit as a real number (the integer part is what workers obey)
-        self.value = float(spec.min)
-        self.restore = float(spec.start)  # where to go after the first probe
+        self.value = float(spec.start)
+        self.restore = self.value  # where to go after a probe
         self.min_rtt = 0.0
         self.epoch = 0
         self.samples: list[float] = []

@@ -102,6 +102,8 @@ class Steering:
                 f"resize: stage {label!r} has an adaptive limit ({self.adaptive!r}, now "
                 f"{self.limit}) that follows its calls' latency; it cannot be resized"
             )
+        if self.ended and self.ctx.spawn is None:
+            return  # the run ended: nothing to resize (see ``PipelineHandle.resize``)
         if self.on_resize is not None:
             self.on_resize(n)
         self.set_limit(n)
