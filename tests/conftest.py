@@ -126,3 +126,26 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         return (yield)
     finally:
         _running = None
+
+
+# -- tracing: the OpenTelemetry SDK's in-memory exporter behind a provider (test_tracing*.py) --
+
+
+@pytest.fixture
+def exporter() -> Any:
+    """An ``InMemorySpanExporter``: the spans a test's provider finished."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exporter: Any) -> Generator[Any, None, None]:
+    """An SDK ``TracerProvider`` exporting to ``exporter`` as each span ends."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider
+    provider.shutdown()
