@@ -237,6 +237,17 @@ def process_ended(pid: int) -> bool:
     return "\nState:\tZ" in status
 
 
+def supervisor(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """``trioflow run ... --workers`` started quietly, its log (stderr) to be read as lines."""
+    return subprocess.Popen(
+        [*command, "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_a_worker_whose_supervisor_is_killed_drains_and_exits(
     redis: RedisServer, tmp_path: Path
 ) -> None:
@@ -244,13 +255,7 @@ def test_a_worker_whose_supervisor_is_killed_drains_and_exits(
     out = tmp_path / "out"
     env = {**os.environ, "REDIS_PORT": str(redis.port), "ORDERS_OUT": str(out)}
     command = [sys.executable, "-m", "trioflow", "run", str(EXAMPLE), "--workers", "1"]
-    with subprocess.Popen(
-        [*command, "--no-progress"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as parent:
+    with supervisor(command, env) as parent:
         assert parent.stderr is not None
         log = Lines(parent.stderr)
         pid = int(log.wait_for(r"worker 0 started \(pid (\d+)\)")[0].group(1))
@@ -273,13 +278,7 @@ def test_a_worker_whose_supervisor_is_killed_drains_and_exits(
     assert not left & set(written)
 
     # a new supervisor: worker-0 reads back what was left pending, and nothing is lost
-    with subprocess.Popen(
-        [*command, "--no-progress"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as again:
+    with supervisor(command, env) as again:
         assert again.stderr is not None
         log = Lines(again.stderr)
         try:

@@ -21,7 +21,8 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = [
+#: a headless Chromium that stays off the network (test_dashboard.py runs it with these too)
+QUIET_FLAGS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -30,6 +31,9 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+]
+FLAGS = [
+    *QUIET_FLAGS,
     "--window-size=1200,900",
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",

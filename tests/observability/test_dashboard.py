@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,27 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from .cdp import CHROMIUM, QUIET_FLAGS
+
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.server
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 if CHROMIUM is None:
     if os.environ.get("CI"):
         raise RuntimeError("CI must have chromium (see .ci/run)")
     pytest.skip("chromium is not installed", allow_module_level=True)
 
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1200,600",
-    "--virtual-time-budget=3000",
-]
+FLAGS = [*QUIET_FLAGS, "--window-size=1200,600", "--virtual-time-budget=3000"]
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess[str]:

@@ -322,6 +322,18 @@ def test_a_consumer_restarted_while_the_broker_is_down_fails_to_open() -> None:
     assert "ConnectionRefusedError: the simulated broker is restarting" in str(info.value)
 
 
+def flaky_quorum_service(saved: list[int]) -> Any:
+    """Orders 2 and 11 fail once (redelivered after 0.5 s), on a quorum queue."""
+    return rabbit_service(
+        saved,
+        on_failure="redeliver",
+        requeue_delay=0.5,
+        flaky={2, 11},
+        queue_type="quorum",
+        max_deliveries=8,
+    )
+
+
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     schedule=fault_schedules(
@@ -336,14 +348,7 @@ def test_a_consumer_restarted_while_the_broker_is_down_fails_to_open() -> None:
 def test_the_rabbit_source_survives_crashes_and_duplicates(schedule: list[Any]) -> None:
     saved: list[int] = []
     check_service(
-        rabbit_service(
-            saved,
-            on_failure="redeliver",
-            requeue_delay=0.5,
-            flaky={2, 11},
-            queue_type="quorum",
-            max_deliveries=8,
-        ),
+        flaky_quorum_service(saved),
         fresh_broker(),
         "orders",
         expect=lambda o: o["id"] == BAD,
@@ -363,14 +368,7 @@ def test_the_rabbit_source_survives_crashes_and_duplicates(schedule: list[Any]) 
 def test_a_crash_then_delayed_acks_on_the_careful_start() -> None:
     saved: list[int] = []
     check_service(
-        rabbit_service(
-            saved,
-            on_failure="redeliver",
-            requeue_delay=0.5,
-            flaky={2, 11},
-            queue_type="quorum",
-            max_deliveries=8,
-        ),
+        flaky_quorum_service(saved),
         fresh_broker(),
         "orders",
         expect=lambda o: o["id"] == BAD,
