@@ -420,12 +420,12 @@ async def test_a_hard_stop_ends_the_span_without_an_error(
 
 
 async def test_the_seam_tells_when_every_wrapper_declines(provider: TracerProvider) -> None:
-    from trioflow._operators._traced import traced, wrapped_call
+    from trioflow._operators._traced import view_call, wrapped_call
 
     declined = [partial(OpenTelemetry(NoOpTracerProvider()).wrap_call, "stage")]
     assert wrapped_call(inc, True, False, declined) is None
-    # traced() still gives the bare call of views (a plain stage's result as the message's data)
-    bare = traced(inc, True, False, declined)
+    # the bare call of views: a plain stage's result goes on as the message's data
+    bare = view_call(inc, True, False)
     assert (await bare(tf.Message(1, {"k": "v"}))).metadata == {"k": "v"}
     wrapping = [partial(OpenTelemetry(provider).wrap_call, "stage"), *declined]
     call = wrapped_call(inc, True, False, wrapping)

@@ -7,7 +7,16 @@ message, in groups, after the message's last stage or failure handling.
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, Protocol, TypeVar, final, runtime_checkable
+from typing import (
+    Any,
+    Generic,
+    Literal,
+    Protocol,
+    TypeGuard,
+    TypeVar,
+    final,
+    runtime_checkable,
+)
 
 import attrs
 
@@ -186,3 +195,8 @@ def reason_key(reason: BaseException | str | None) -> str:
     if isinstance(reason, BaseException):
         return type(reason).__name__
     return str(reason)
+
+
+def is_message(value: object) -> TypeGuard[Message[Any]]:
+    """Whether ``value`` is a :class:`Message` (of any data, for type checkers)."""
+    return isinstance(value, Message)

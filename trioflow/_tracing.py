@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeGuard, final
 
-from ._message import Message
+from ._message import Message, is_message
 from ._telemetry import Instrument
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ __all__ = [
     "TRACESTATE",
     "OpenTelemetry",
     "current_context",
-    "is_message",
     "messaging_attributes",
     "metadata_context",
     "outgoing_context",
@@ -67,11 +66,6 @@ def _kafka_key(key: Any) -> str | None:
         except UnicodeDecodeError:
             return None
     return key if isinstance(key, str) else None
-
-
-def is_message(value: object) -> TypeGuard[Message[Any]]:
-    """Whether ``value`` is a :class:`~trioflow.Message` (of any data, for type checkers)."""
-    return isinstance(value, Message)
 
 
 def messaging_attributes(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,16 +17,12 @@ from typing import Any, TypeGuard
 
 from .._awaitables import is_awaitable
 from .._batches import Batch
-from .._message import Message
+from .._message import Message, is_message
 
-__all__ = ["ViewCall", "traced", "wrapped_call"]
+__all__ = ["ViewCall", "view_call", "wrapped_call"]
 
 #: a call of the item's view (a ``Message``, or a ``Batch`` of messages) that is awaited
 ViewCall = Callable[[Any], Awaitable[Any]]
-
-
-def _is_message(value: object) -> TypeGuard[Message[Any]]:
-    return isinstance(value, Message)
 
 
 def _is_messages(value: object) -> TypeGuard[list[Message[Any]]]:
@@ -34,14 +30,17 @@ def _is_messages(value: object) -> TypeGuard[list[Message[Any]]]:
 
 
 def _data(view: Any) -> Any:
-    if _is_message(view):
+    if is_message(view):
         return view.data
     if _is_messages(view):
         return Batch([m.data for m in view], view.info if isinstance(view, Batch) else None)
     return view
 
 
-def _innermost(fn: Callable[[Any], Any], is_async: bool, messages: bool) -> ViewCall:
+def view_call(fn: Callable[[Any], Any], is_async: bool, messages: bool) -> ViewCall:
+    """``fn`` as a call of views: a plain-data stage's ``fn`` gets the data, and its result goes
+    on as that message's (or that batch's) data."""
+
     async def call(view: Any) -> Any:
         result = fn(view if messages else _data(view))
         if is_async or is_awaitable(result):
@@ -64,22 +63,10 @@ def wrapped_call(
     when every wrapper declines (returns ``None``): the stage then keeps its plain calls and
     builds no views, so an instrument that wraps nothing (a tracer with a no-op provider) costs
     nothing."""
-    call = _innermost(fn, is_async, messages)
+    call = view_call(fn, is_async, messages)
     wrapped = call
     for wrap in wrappers:
         got = wrap(wrapped)
         if got is not None:
             wrapped = got
     return None if wrapped is call else wrapped
-
-
-def traced(
-    fn: Callable[[Any], Any],
-    is_async: bool,
-    messages: bool,
-    wrappers: list[Callable[[ViewCall], ViewCall | None]],
-) -> ViewCall:
-    """``fn`` as a call of views, wrapped by each of ``wrappers`` (innermost first); the bare
-    call of views when all decline (see :func:`wrapped_call`, which tells that case apart)."""
-    got = wrapped_call(fn, is_async, messages, wrappers)
-    return got if got is not None else _innermost(fn, is_async, messages)

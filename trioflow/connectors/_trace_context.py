@@ -19,8 +19,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._message import Message
-from .._tracing import TRACEPARENT, TRACESTATE, current_context, is_message, metadata_context
+from .._message import Message, is_message
+from .._tracing import TRACEPARENT, TRACESTATE, current_context, metadata_context
 
 __all__ = [
     "MAX_TRACESTATE",

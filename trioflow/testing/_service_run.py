@@ -15,11 +15,10 @@ import trio
 
 from .._batches import Batch
 from .._exceptions import PipelineError
-from .._message import Message
+from .._message import Message, is_message
 from .._pipeline import Pipeline, compose, is_pipeline
 from .._report import RunReport
 from .._stages import Process, Route, Stage
-from .._tracing import is_message
 from .._validate import describe
 from ._service_types import BrokenInvariant, ServiceExpect, ServiceResult, matches
 from ._sim_faults import BrokerFault
